@@ -1,0 +1,88 @@
+"""Ground-truth metrics for reconstructions (numpy only; PtyPy has none).
+
+Ptychography determines the object only up to a global complex factor, a sub-pixel
+shift and a linear phase ramp (probe and object trade them). :func:`registered_error`
+removes all of them before comparing with the truth.
+"""
+import numpy as np
+
+
+def _upsampled_dft(spectrum, upsample, region, offsets):
+    """DFT of ``spectrum`` (H, W) on a ``region`` x ``region`` grid spaced 1/upsample px around ``offsets``."""
+    h, w = spectrum.shape
+    rows = (np.arange(region) - region // 2) / upsample + offsets[0]
+    cols = (np.arange(region) - region // 2) / upsample + offsets[1]
+    kernel_rows = np.exp(2j * np.pi * np.outer(rows, np.fft.fftfreq(h)))
+    kernel_cols = np.exp(2j * np.pi * np.outer(np.fft.fftfreq(w), cols))
+    return kernel_rows @ spectrum @ kernel_cols, rows, cols
+
+
+def find_shift(moving, reference, upsample=20):
+    """Shift (dy, dx) in pixels, to 1/upsample px, that best aligns ``moving`` onto ``reference``.
+
+    Peak of the cross-correlation (Guizar-Sicairos et al., Opt. Lett. 33, 156 (2008)):
+    integer peak first, then an upsampled DFT around it.
+    """
+    cross_power = np.fft.fft2(reference) * np.conj(np.fft.fft2(moving))
+    correlation = np.abs(np.fft.ifft2(cross_power))
+    peak = np.array(np.unravel_index(np.argmax(correlation), correlation.shape), dtype=float)
+    shape = np.array(correlation.shape)
+    peak[peak > shape // 2] -= shape[peak > shape // 2]
+    fine, rows, cols = _upsampled_dft(cross_power, upsample, int(3 * upsample), peak)
+    r, c = np.unravel_index(np.argmax(np.abs(fine)), fine.shape)
+    return np.array([rows[r], cols[c]])
+
+
+def shift_image(image, shift):
+    """``image`` (H, W) moved by ``shift`` (dy, dx) px with the Fourier shift theorem (periodic)."""
+    fy = np.fft.fftfreq(image.shape[0])[:, None]
+    fx = np.fft.fftfreq(image.shape[1])[None, :]
+    return np.fft.ifft2(np.fft.fft2(image) * np.exp(-2j * np.pi * (fy * shift[0] + fx * shift[1])))
+
+
+def remove_phase_ramp(estimate, truth, region):
+    """``estimate`` with the linear phase ramp of ``estimate * conj(truth)`` over ``region`` removed.
+
+    The ramp's slopes are the weighted mean phase differences between neighbouring pixels,
+    which are free of phase wrapping.
+    """
+    product = estimate * np.conj(truth) * region
+    slope_y = np.angle(np.sum(product[1:] * np.conj(product[:-1])))
+    slope_x = np.angle(np.sum(product[:, 1:] * np.conj(product[:, :-1])))
+    yy, xx = np.indices(estimate.shape)
+    return estimate * np.exp(-1j * (slope_y * yy + slope_x * xx))
+
+
+def registered_error(estimate, truth, region=None, upsample=20):
+    """Normalised RMS error ``||c T(estimate) - truth|| / ||truth||`` over ``region``.
+
+    T removes the sub-pixel shift (found on the whole arrays) and the linear phase ramp,
+    and c is the best global complex factor (global phase and the probe/object scale).
+    ``estimate`` and ``truth`` are complex (H, W) on the same pixel grid; ``region`` is a
+    bool (H, W) of the pixels to score (e.g. :func:`illuminated_region`), default all.
+    """
+    estimate = np.asarray(estimate, dtype=complex)
+    truth = np.asarray(truth, dtype=complex)
+    if estimate.shape != truth.shape:
+        raise ValueError(f"estimate {estimate.shape} and truth {truth.shape} must have one shape")
+    region = np.ones(truth.shape, bool) if region is None else np.asarray(region, bool)
+    weights = region.astype(float)
+    aligned = shift_image(estimate, find_shift(estimate * weights, truth * weights, upsample))
+    aligned = remove_phase_ramp(aligned, truth, weights)
+    scale = np.sum(weights * np.conj(aligned) * truth) / np.sum(weights * np.abs(aligned) ** 2)
+    residual = weights * np.abs(scale * aligned - truth) ** 2
+    return float(np.sqrt(residual.sum() / np.sum(weights * np.abs(truth) ** 2)))
+
+
+def illuminated_region(probe, positions, object_shape, threshold=0.1):
+    """Object pixels whose summed probe intensity reaches ``threshold`` of its maximum.
+
+    probe (M, H, W) or (H, W) complex; positions (N, 2) top-left object pixels.
+    """
+    power = np.abs(np.asarray(probe)) ** 2
+    power = power.sum(0) if power.ndim == 3 else power
+    h, w = power.shape
+    illumination = np.zeros(object_shape)
+    for row, col in np.asarray(positions, dtype=int):
+        illumination[row:row + h, col:col + w] += power
+    return illumination >= threshold * illumination.max()

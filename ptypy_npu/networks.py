@@ -1,0 +1,100 @@
+"""Networks that map diffraction amplitudes to object patches.
+
+Every network takes normalised diffraction amplitudes (B, 1, H, W) float32 and returns
+the object patch those frames saw as ``(log_amplitude, phase)``, each (B, H, W), so the
+patch is ``exp(log_amplitude) * exp(i phase)``: any transmission, and a phase that
+the network does not need to unwrap.
+
+Only layers with second-order gradients in MindSpore's graph mode are used (strided
+convolutions, transposed convolutions, BatchNorm, LeakyReLU/Tanh): no pooling, no
+``nn.Upsample``, no GroupNorm, so AdaHessian can train them (DESIGN.md section 2).
+"""
+import math
+
+from mindspore import nn, ops
+
+#: Frame sizes (detector pixels per side) the built-in networks are designed for.
+FRAME_SIZES = (64, 128, 256)
+
+
+def _conv_block(in_channels, out_channels, stride):
+    return [nn.Conv2d(in_channels, out_channels, 3, stride=stride, pad_mode='same', has_bias=False),
+            nn.BatchNorm2d(out_channels), nn.LeakyReLU(0.2)]
+
+
+def _upsample_block(in_channels, out_channels):
+    return [nn.Conv2dTranspose(in_channels, out_channels, 4, stride=2, pad_mode='same', has_bias=False),
+            nn.BatchNorm2d(out_channels), nn.LeakyReLU(0.2)]
+
+
+def check_network_geometry(frame_size, depth, binning):
+    """Raise ``ValueError`` naming the parameter when the network cannot take ``frame_size``."""
+    if not isinstance(frame_size, int) or frame_size <= 0:
+        raise ValueError(f"frame size must be a positive integer, got {frame_size!r}")
+    if not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"network.depth must be an integer >= 1, got {depth!r}")
+    if binning not in (1, 2, 4):
+        raise ValueError(f"network.binning must be 1, 2 or 4, got {binning!r}")
+    factor = binning * 2 ** depth
+    if frame_size % factor:
+        raise ValueError(
+            f"frame size {frame_size} px cannot be taken by a network with network.depth={depth} and "
+            f"network.binning={binning}: it must be a multiple of binning * 2**depth = {factor} "
+            f"(designed for {', '.join(map(str, FRAME_SIZES))}; crop or bin the frames)")
+
+
+class W1Net(nn.Cell):
+    """Encoder of strided convolutions, two decoders (log-amplitude, phase) of transposed convolutions.
+
+    Parameters
+    ----------
+    frame_size : int
+        Detector frame side H = W in pixels (64, 128 or 256; any multiple of
+        ``binning * 2**depth`` works).
+    depth : int
+        Number of stride-2 encoder stages; the bottleneck is ``H / binning / 2**depth`` px.
+    width : int
+        Channels of the first encoder stage; doubled per stage, capped at ``8 * width``.
+    binning : int
+        Sum ``binning x binning`` detector pixels before the encoder (1, 2, 4), for large
+        detectors; the decoders still return full-size (H, W) patches.
+    """
+
+    def __init__(self, frame_size, depth=3, width=16, binning=1):
+        super().__init__()
+        check_network_geometry(frame_size, depth, binning)
+        if not isinstance(width, int) or width < 1:
+            raise ValueError(f"network.width must be an integer >= 1, got {width!r}")
+        self.frame_size = frame_size
+        self.binning = binning
+        channels = [min(width * 2 ** k, 8 * width) for k in range(depth + 1)]
+        encoder = _conv_block(1, channels[0], 1)
+        for k in range(depth):
+            encoder += _conv_block(channels[k], channels[k + 1], 2)
+        self.encoder = nn.SequentialCell(encoder)
+        upsamplings = depth + int(math.log2(binning))
+        self.amplitude_decoder = self._decoder(channels, upsamplings)
+        self.phase_decoder = self._decoder(channels, upsamplings)
+        self.tanh = ops.Tanh()
+
+    @staticmethod
+    def _decoder(channels, upsamplings):
+        layers = []
+        current = channels[-1]
+        for k in range(upsamplings):
+            nxt = channels[max(len(channels) - 2 - k, 0)]
+            layers += _upsample_block(current, nxt)
+            current = nxt
+        layers.append(nn.Conv2d(current, 1, 3, pad_mode='same', has_bias=True, weight_init='zeros'))
+        return nn.SequentialCell(layers)
+
+    def construct(self, amplitudes):
+        """(B, 1, H, W) normalised amplitudes -> (log_amplitude, phase), each (B, H, W)."""
+        if self.binning > 1:
+            b, _, h, w = amplitudes.shape
+            amplitudes = amplitudes.reshape(b, 1, h // self.binning, self.binning,
+                                            w // self.binning, self.binning).sum(axis=(3, 5))
+        features = self.encoder(amplitudes)
+        log_amplitude = self.amplitude_decoder(features).squeeze(1)
+        phase = 3.14159265 * self.tanh(self.phase_decoder(features).squeeze(1))
+        return log_amplitude, phase

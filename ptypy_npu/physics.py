@@ -1,0 +1,164 @@
+"""Differentiable far-field ptychography forward model, likelihoods and error measures.
+
+Everything here runs inside MindSpore graphs (CPU, GPU, Ascend). Complex fields are
+carried as ``(real, imag)`` pairs of float32 tensors: MindSpore's complex autodiff is
+unreliable (DESIGN.md section 2), so the only complex-dtype ops are ``fft2`` and the
+``Complex``/``real``/``imag`` conversions around it.
+
+Conventions follow PtyPy's ``BasicFarfieldPropagator``::
+
+    F = post * fft2(pre * psi) / sqrt(H * W)
+
+where ``pre`` and ``post`` are unit-modulus phase factors of shape (H, W) that carry
+the quadratic curvature and the shift that puts zero frequency in the frame centre.
+Intensities are ``sum over probe modes |F|^2`` in photons per pixel.
+
+Shapes: B frames in a batch, M probe modes, H x W frame pixels, (Ho, Wo) object pixels.
+"""
+import numpy as np
+from mindspore import Tensor, nn, ops
+
+#: Small constant that keeps the amplitude sqrt(I + AMPLITUDE_EPS) differentiable at 0.
+AMPLITUDE_EPS = 1e-8
+
+
+def centred_fft_factors(shape):
+    """Phase factors ``(pre, post)`` for the plain centred FFT: ``fftshift(fft2(ifftshift(psi)))``.
+
+    For even H and W both shifts are a multiplication by the checkerboard ``(-1)^(i+j)``.
+    Returns two complex128 arrays of shape ``shape`` (H, W). This is PtyPy's far-field
+    propagator without curvature; the PtyPy engine passes PtyPy's own factors instead.
+    """
+    h, w = shape
+    if h % 2 or w % 2:
+        raise ValueError(f"frame shape must be even in both axes for the centred FFT, got {shape}")
+    i, j = np.indices((h, w))
+    checker = np.where((i + j) % 2 == 0, 1.0, -1.0).astype(np.complex128)
+    return checker, checker.copy()
+
+
+def complex_multiply(a_re, a_im, b_re, b_im):
+    """(a_re + i a_im) * (b_re + i b_im) as a real/imag pair; broadcasts like ``*``."""
+    return a_re * b_re - a_im * b_im, a_re * b_im + a_im * b_re
+
+
+class FarfieldPropagator(nn.Cell):
+    """Far-field propagation with PtyPy's conventions on real/imag pairs.
+
+    Parameters
+    ----------
+    pre, post : complex arrays (H, W)
+        PtyPy's ``propagator.pre_fft`` and ``propagator.post_fft`` (or
+        :func:`centred_fft_factors`). The scale ``1/sqrt(H W)`` makes the FFT unitary.
+    """
+
+    def __init__(self, pre, post):
+        super().__init__()
+        pre = np.asarray(pre)
+        post = np.asarray(post)
+        if pre.ndim != 2 or pre.shape != post.shape:
+            raise ValueError(f"pre/post propagation factors must be two (H, W) arrays of one shape, "
+                             f"got {pre.shape} and {post.shape}")
+        self.shape = pre.shape
+        self.pre_re = Tensor(pre.real.astype(np.float32))
+        self.pre_im = Tensor(pre.imag.astype(np.float32))
+        self.post_re = Tensor(post.real.astype(np.float32))
+        self.post_im = Tensor(post.imag.astype(np.float32))
+        self.to_complex = ops.Complex()
+
+    def _transform(self, re, im):
+        re, im = complex_multiply(re, im, self.pre_re, self.pre_im)
+        spectrum = ops.fft2(self.to_complex(re, im), norm='ortho')
+        return ops.real(spectrum), ops.imag(spectrum)
+
+    def construct(self, re, im):
+        """Propagate exit waves (..., H, W) to the detector; returns the (re, im) far field."""
+        re, im = self._transform(re, im)
+        return complex_multiply(re, im, self.post_re, self.post_im)
+
+    def intensity(self, re, im):
+        """Far-field intensity |F|^2 of exit waves (..., H, W); ``post`` has unit modulus and drops out."""
+        re, im = self._transform(re, im)
+        return re * re + im * im
+
+
+class PtychoForward(nn.Cell):
+    """Model intensities of B frames: modes of ``probe x object patch``, propagated, summed.
+
+    ``construct(probe_re, probe_im, patch_re, patch_im)`` takes the probe (M, H, W) and
+    object patches (B, H, W) and returns intensities (B, H, W) in photons per pixel.
+    Probe modes are mutually incoherent: their intensities add.
+    """
+
+    def __init__(self, propagator):
+        super().__init__()
+        self.propagator = propagator
+        self.expand = ops.ExpandDims()
+
+    def exit_waves(self, probe_re, probe_im, patch_re, patch_im):
+        """Exit waves (B, M, H, W) as a real/imag pair."""
+        return complex_multiply(self.expand(patch_re, 1), self.expand(patch_im, 1),
+                                self.expand(probe_re, 0), self.expand(probe_im, 0))
+
+    def construct(self, probe_re, probe_im, patch_re, patch_im):
+        exit_re, exit_im = self.exit_waves(probe_re, probe_im, patch_re, patch_im)
+        return self.propagator.intensity(exit_re, exit_im).sum(axis=1)
+
+
+def poisson_nll(model_intensity, measured_intensity, mask):
+    """Poisson negative log-likelihood per frame, (B,), up to the model-independent log(I!).
+
+    ``sum mask * (I_model - I log(I_model + eps))`` as PtyPy's ML engine measures it.
+    """
+    nll = model_intensity - measured_intensity * ops.log(model_intensity + AMPLITUDE_EPS)
+    return (mask * nll).sum(axis=(-2, -1))
+
+
+def gaussian_amplitude(model_intensity, measured_intensity, mask):
+    """Gaussian amplitude misfit per frame, (B,): ``sum mask * (|F| - sqrt(I))^2``.
+
+    The quantity DM's Fourier projection minimises; robust where counts are high.
+    """
+    model_amplitude = ops.sqrt(model_intensity + AMPLITUDE_EPS)
+    measured_amplitude = ops.sqrt(measured_intensity)
+    return (mask * ops.square(model_amplitude - measured_amplitude)).sum(axis=(-2, -1))
+
+
+#: Data terms by the name the parameter trees use.
+LOSSES = {'gaussian': gaussian_amplitude, 'poisson': poisson_nll}
+
+#: Second derivative of each data term with respect to the exit wave's real (or imaginary)
+#: part where the model fits the data (Gauss-Newton diagonal per unit illumination): 2 for
+#: ``(|psi| - sqrt(I))^2``, 4 for the Poisson NLL at ``|psi|^2 = I``. The step normaliser
+#: multiplies the illumination by it, so a learning rate of 1 is a full projection step.
+LOSS_CURVATURE = {'gaussian': 2.0, 'poisson': 4.0}
+
+
+def fourier_and_photon_errors(model_intensity, measured_intensity, mask):
+    """PtyPy's per-frame Fourier magnitude and photon errors, each (B,).
+
+    Fourier error: ``sum mask (|F| - sqrt(I))^2 / sum mask`` (DM's ``err_fourier``);
+    photon error: ``sum mask (I_model - I)^2 / (I + 1) / (H W)`` (DM's ``err_phot``).
+    """
+    pixels = model_intensity.shape[-1] * model_intensity.shape[-2]
+    mask_sum = ops.maximum(mask.sum(axis=(-2, -1)), 1.0)
+    fourier = gaussian_amplitude(model_intensity, measured_intensity, mask) / mask_sum
+    photon = (mask * ops.square(model_intensity - measured_intensity)
+              / (measured_intensity + 1.0)).sum(axis=(-2, -1)) / pixels
+    return fourier, photon
+
+
+def scatter_add_patches(values, flat_indices, object_pixels):
+    """Sum patches (B, H, W) into a flat object (Ho*Wo,) at ``flat_indices`` (B, H, W) int32."""
+    return ops.unsorted_segment_sum(values.reshape(-1), flat_indices.reshape(-1), object_pixels)
+
+
+def inverse_illumination(weights, regularisation, curvature):
+    """ePIE/LSQML-style step normaliser ``1 / (curvature * (w + regularisation * max(w)))``.
+
+    ``weights`` is the illumination a parameter saw in this batch: sum of |probe|^2 over
+    the frames on each object pixel, or sum of |object patch|^2 on each probe pixel.
+    Dividing a gradient by it turns a plain gradient step into a projection-like update
+    whose size no longer depends on the photon count or the overlap.
+    """
+    return 1.0 / (curvature * (weights + regularisation * weights.max()) + AMPLITUDE_EPS)

@@ -1,0 +1,76 @@
+"""Simulated far-field ptychography scans in plain numpy (an independent forward model).
+
+Used by the tests, the CLI's ``--simulate`` and the examples. Conventions match
+:mod:`ptypy_npu.physics` with centred FFT factors:
+``I = |fftshift(fft2(ifftshift(P * O_patch), norm='ortho'))|^2``, in photons.
+"""
+import numpy as np
+
+from .solver import ScanData
+
+
+def siemens_star(shape, spokes=18, max_phase=1.0, min_transmission=0.6):
+    """Complex test object (Ho, Wo): a Siemens star in amplitude and phase plus rings.
+
+    Amplitude in [min_transmission, 1], phase in [0, max_phase] rad.
+    """
+    yy, xx = np.indices(shape, dtype=float)
+    yy -= (shape[0] - 1) / 2
+    xx -= (shape[1] - 1) / 2
+    radius = np.hypot(yy, xx)
+    angle = np.arctan2(yy, xx)
+    star = 0.5 * (1 + np.sign(np.sin(spokes * angle))) * (radius < 0.45 * min(shape))
+    rings = 0.5 * (1 + np.cos(radius / 3.0)) * (radius > 0.3 * min(shape))
+    amplitude = 1 - (1 - min_transmission) * star
+    phase = max_phase * (0.6 * star + 0.4 * rings)
+    return amplitude * np.exp(1j * phase)
+
+
+def focused_probe(frame_size, diameter_fraction=0.45, defocus_phase=6.0):
+    """Probe (1, H, W): a soft-edged disc with quadratic (defocus) phase, unit peak amplitude."""
+    yy, xx = np.indices((frame_size, frame_size), dtype=float) - (frame_size - 1) / 2
+    r = np.hypot(yy, xx) / (diameter_fraction * frame_size / 2)
+    amplitude = 1 / (1 + np.exp((r - 1) * 12))
+    return (amplitude * np.exp(1j * defocus_phase * r ** 2))[None]
+
+
+def spiral_positions(count, step):
+    """(count, 2) float positions in px on a Fermat spiral with mean spacing ``step``, min at 0."""
+    k = np.arange(count)
+    radius = step * np.sqrt(k / np.pi)
+    theta = k * np.pi * (3 - np.sqrt(5))
+    positions = np.stack([radius * np.sin(theta), radius * np.cos(theta)], 1)
+    return positions - positions.min(0)
+
+
+def far_field_intensity(probe, patches):
+    """Noise-free intensities (N, H, W) of probe modes (M, H, W) on patches (N, H, W)."""
+    exit_waves = patches[:, None] * probe[None]
+    shifted = np.fft.ifftshift(exit_waves, axes=(-2, -1))
+    far_field = np.fft.fftshift(np.fft.fft2(shifted, norm='ortho'), axes=(-2, -1))
+    return (np.abs(far_field) ** 2).sum(1)
+
+
+def simulate_scan(frame_size=64, count=64, step_fraction=0.15, photons=1e6, seed=0, noise=True):
+    """A scan of the Siemens-star object with a focused probe.
+
+    Returns ``(data, truth)``: a :class:`ScanData` whose initial object is 1 and whose
+    initial probe is the true probe (as an experiment's probe estimate would be), and the
+    true object (Ho, Wo) on the same pixel grid. ``photons`` is the mean count per frame.
+    """
+    rng = np.random.default_rng(seed)
+    probe = focused_probe(frame_size)
+    positions = np.round(spiral_positions(count, step_fraction * frame_size)).astype(int) + 4
+    object_shape = tuple(positions.max(0) + frame_size + 4)
+    truth = siemens_star(object_shape)
+    rows = positions[:, 0, None, None] + np.arange(frame_size)[None, :, None]
+    cols = positions[:, 1, None, None] + np.arange(frame_size)[None, None, :]
+    intensities = far_field_intensity(probe, truth[rows, cols])
+    scale = photons / intensities.sum(axis=(1, 2)).mean()
+    intensities *= scale
+    probe = probe * np.sqrt(scale)
+    if noise:
+        intensities = rng.poisson(intensities).astype(np.float32)
+    data = ScanData(intensities=intensities.astype(np.float32), positions=positions, probe=probe,
+                    obj=np.ones(object_shape, complex))
+    return data, truth
