@@ -56,7 +56,7 @@ def remove_phase_ramp(estimate, truth, region):
 def registered_error(estimate, truth, region=None, upsample=20):
     """Normalised RMS error ``||c T(estimate) - truth|| / ||truth||`` over ``region``.
 
-    T removes the sub-pixel shift (found on the whole arrays) and the linear phase ramp,
+    T removes the sub-pixel shift (found by correlating both over ``region``) and the linear phase ramp,
     and c is the best global complex factor (global phase and the probe/object scale).
     ``estimate`` and ``truth`` are complex (H, W) on the same pixel grid; ``region`` is a
     bool (H, W) of the pixels to score (e.g. :func:`illuminated_region`), default all.
@@ -67,7 +67,12 @@ def registered_error(estimate, truth, region=None, upsample=20):
         raise ValueError(f"estimate {estimate.shape} and truth {truth.shape} must have one shape")
     region = np.ones(truth.shape, bool) if region is None else np.asarray(region, bool)
     weights = region.astype(float)
-    aligned = shift_image(estimate, find_shift(estimate * weights, truth * weights, upsample))
+
+    def centred(image):
+        return image - np.sum(image * weights) / weights.sum()
+
+    # only the truth is windowed: a window on both sides would correlate best with itself, at zero shift
+    aligned = shift_image(estimate, find_shift(centred(estimate), centred(truth) * weights, upsample))
     aligned = remove_phase_ramp(aligned, truth, weights)
     scale = np.sum(weights * np.conj(aligned) * truth) / np.sum(weights * np.abs(aligned) ** 2)
     residual = weights * np.abs(scale * aligned - truth) ** 2

@@ -1,0 +1,245 @@
+"""PtyPy engine ``W1Net``: a thin adapter between PtyPy's containers and the solver core.
+
+Registered with PtyPy by the plugin host (``import ptypy_npu``); importing this module
+needs PtyPy. Each ``prepare`` turns the active views of the single scan into a
+:class:`~ptypy_npu.solver.ScanData` (frames, mask, object positions, probe, object and
+the scan's propagator factors); each ``iterate`` trains and writes object and probe back
+into PtyPy's storages, so chaining with DM/ePIE/ML, autosave and ``.ptyr`` output work.
+"""
+import numpy as np
+from ptypy.core.manager import BlockFull, BlockVanilla, Full, Vanilla
+from ptypy.engines.base import BaseEngine
+from ptypy.utils import parallel
+from ptypy.utils.verbose import logger
+
+from .solver import GroupSettings, JointSolver, ScanData, SolverSettings, select_device
+
+__all__ = ['W1Net']
+
+
+class W1Net(BaseEngine):
+    """
+    Physics-informed neural engine: a network, the object and the probe trained jointly
+    on minibatches of frames against the measured intensities (MindSpore).
+
+    Defaults:
+
+    [name]
+    default = W1Net
+    type = str
+    help = Engine name
+
+    [numiter]
+    default = 50
+    type = int
+    lowlim = 1
+    help = Number of epochs (passes over all frames)
+
+    [probe_support]
+    default = None
+    type = float, None
+    help = Not applied by this engine (kept None)
+
+    [batch_size]
+    default = 8
+    type = int
+    lowlim = 1
+    help = Frames per optimisation step
+
+    [loss]
+    default = gaussian
+    type = str
+    help = Data term: 'gaussian' (amplitude misfit, as DM) or 'poisson' (negative log-likelihood, as ML)
+    choices = ['gaussian', 'poisson']
+
+    [consistency]
+    default = 0.1
+    type = float
+    lowlim = 0.0
+    help = Weight of the exit-wave consistency term between network patches and the object
+
+    [illumination_regularisation]
+    default = 0.1
+    type = float
+    lowlim = 0.0
+    help = Delta in the object/probe step normaliser 1 / (w + delta max w)
+
+    [network]
+    default = Param
+    type = Param
+    help = Network that maps diffraction amplitudes to object patches
+
+    [network.name]
+    default = W1Net
+    type = str, None
+    help = Network from the loaded plugins (see `ptypy-npu plugins`); None refines object and probe only
+
+    [network.depth]
+    default = 3
+    type = int
+    lowlim = 1
+    help = Stride-2 encoder stages
+
+    [network.width]
+    default = 8
+    type = int
+    lowlim = 1
+    help = Channels of the first encoder stage
+
+    [network.binning]
+    default = 2
+    type = int
+    lowlim = 1
+    uplim = 4
+    help = Detector pixels binned per side before the encoder (1, 2 or 4)
+
+    [network_update]
+    default = Param
+    type = Param
+    help = Optimizer of the network weights
+
+    [network_update.optimizer]
+    default = adam
+    type = str
+    help = Optimizer name from the loaded plugins
+
+    [network_update.learning_rate]
+    default = 0.002
+    type = float
+    lowlim = 0.0
+    help = Learning rate
+
+    [object_update]
+    default = Param
+    type = Param
+    help = Optimizer of the object; its gradient is divided by the batch illumination
+
+    [object_update.optimizer]
+    default = sgd
+    type = str
+    help = Optimizer name from the loaded plugins
+
+    [object_update.learning_rate]
+    default = 1.0
+    type = float
+    lowlim = 0.0
+    help = Learning rate (1 is a full projection-like step)
+
+    [probe_update]
+    default = Param
+    type = Param
+    help = Optimizer of the probe; its gradient is divided by the batch object power
+
+    [probe_update.optimizer]
+    default = sgd
+    type = str
+    help = Optimizer name from the loaded plugins
+
+    [probe_update.learning_rate]
+    default = 1.0
+    type = float
+    lowlim = 0.0
+    help = Learning rate (1 is a full projection-like step)
+
+    [probe_update.start]
+    default = 2
+    type = int, None
+    lowlim = 0
+    help = Epochs before the probe is refined; None keeps the probe fixed
+
+    [seed]
+    default = 0
+    type = int
+    lowlim = 0
+    help = Seed of MindSpore and of the frame shuffling
+
+    [device]
+    default = CPU
+    type = str
+    help = MindSpore device target
+    choices = ['CPU', 'GPU', 'Ascend']
+    """
+
+    SUPPORTED_MODELS = [Full, Vanilla, BlockFull, BlockVanilla]
+
+    def __init__(self, ptycho_parent, pars=None):
+        super().__init__(ptycho_parent, pars)
+        # BaseEngine merges only the top level: keep defaults inside partly given subtrees
+        self.p = self.DEFAULT.copy(99)
+        self.p.update(pars, in_place_depth=3)
+        self.solver = None
+        self.settings = None
+        self._view_ids = None
+
+    def _solver_settings(self):
+        p = self.p
+        network = None
+        if p.network.name is not None:
+            network = {'name': p.network.name, 'depth': p.network.depth, 'width': p.network.width,
+                       'binning': p.network.binning}
+        return SolverSettings(
+            network=network,
+            network_group=GroupSettings(p.network_update.optimizer, p.network_update.learning_rate),
+            object_group=GroupSettings(p.object_update.optimizer, p.object_update.learning_rate),
+            probe_group=GroupSettings(p.probe_update.optimizer, p.probe_update.learning_rate),
+            batch_size=p.batch_size, loss=p.loss, consistency=p.consistency,
+            probe_update_start=p.probe_update.start,
+            illumination_regularisation=p.illumination_regularisation, seed=p.seed, device=p.device)
+
+    def engine_initialize(self):
+        """Check every setting (names, ranges, device) before any container is touched."""
+        if parallel.size > 1:
+            raise NotImplementedError("W1Net does not yet reduce gradients over MPI ranks; run it in one process")
+        self.settings = self._solver_settings()
+        self.settings.validate()
+        select_device(self.settings.device)
+
+    def _scan_data(self):
+        """The active frames of the single scan as solver arrays, plus their view IDs."""
+        if len(self.di.storages) != 1 or len(self.ob.storages) != 1 or len(self.pr.storages) != 1:
+            raise NotImplementedError("W1Net handles one scan with one object and one probe storage, found "
+                                      f"{len(self.di.storages)} diffraction, {len(self.ob.storages)} object "
+                                      f"and {len(self.pr.storages)} probe storages")
+        views = [v for v in self.di.views.values() if v.active]
+        if not views:
+            raise ValueError("no active diffraction views on this rank: nothing to reconstruct")
+        pods = [v.pod for v in views]
+        if any(pod.ob_view.layer != 0 for v in views for pod in v.pods.values()):
+            raise NotImplementedError("W1Net supports a single object mode")
+        obj_storage = next(iter(self.ob.storages.values()))
+        probe_storage = next(iter(self.pr.storages.values()))
+        propagator = pods[0].geometry.propagator
+        data = ScanData(intensities=np.stack([v.data for v in views]),
+                        mask=np.stack([pod.ma_view.data for pod in pods]).astype(bool),
+                        positions=np.array([pod.ob_view.dlow for pod in pods]),
+                        probe=probe_storage.data, obj=obj_storage.data[0],
+                        propagator=(propagator.pre_fft, propagator.post_fft))
+        return data.validate(), [v.ID for v in views]
+
+    def engine_prepare(self):
+        """(Re)build the solver from the current containers; keeps trained network weights."""
+        data, self._view_ids = self._scan_data()
+        previous = self.solver
+        self.solver = JointSolver(data, self.settings)
+        if previous is not None and previous.network is not None:
+            import mindspore as ms
+            ms.load_param_into_net(self.solver.network, previous.network.parameters_dict())
+        logger.info(f"W1Net: {len(self._view_ids)} frames, object {data.obj.shape}, "
+                    f"{data.probe.shape[0]} probe mode(s), network {self.settings.network}")
+
+    def engine_iterate(self, num=1):
+        errors = self.solver.run(num)
+        self._write_back()
+        self.curiter += num
+        return dict(zip(self._view_ids, errors))
+
+    def _write_back(self):
+        obj_storage = next(iter(self.ob.storages.values()))
+        probe_storage = next(iter(self.pr.storages.values()))
+        obj_storage.data[0] = self.solver.object.astype(obj_storage.dtype)
+        probe_storage.data[:] = self.solver.probe.astype(probe_storage.dtype)
+
+    def engine_finalize(self):
+        """Object and probe are already in PtyPy's storages; release the solver."""
+        self._write_back()
+        self.solver = None
