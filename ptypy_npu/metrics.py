@@ -6,6 +6,9 @@ removes all of them before comparing with the truth.
 """
 import numpy as np
 
+#: Alternations of phase-ramp removal and shift registration in :func:`registered_error`.
+REGISTRATION_ROUNDS = 3
+
 
 def _upsampled_dft(spectrum, upsample, region, offsets):
     """DFT of ``spectrum`` (H, W) on a ``region`` x ``region`` grid spaced 1/upsample px around ``offsets``."""
@@ -40,26 +43,30 @@ def shift_image(image, shift):
     return np.fft.ifft2(np.fft.fft2(image) * np.exp(-2j * np.pi * (fy * shift[0] + fx * shift[1])))
 
 
-def remove_phase_ramp(estimate, truth, region):
-    """``estimate`` with the linear phase ramp of ``estimate * conj(truth)`` over ``region`` removed.
+def phase_ramp_slopes(estimate, truth, region):
+    """Slopes (rad/px, y then x) of the linear phase ramp of ``estimate * conj(truth)`` over ``region``.
 
-    The ramp's slopes are the weighted mean phase differences between neighbouring pixels,
-    which are free of phase wrapping.
+    The weighted mean phase differences between neighbouring pixels, free of phase wrapping.
     """
     product = estimate * np.conj(truth) * region
-    slope_y = np.angle(np.sum(product[1:] * np.conj(product[:-1])))
-    slope_x = np.angle(np.sum(product[:, 1:] * np.conj(product[:, :-1])))
-    yy, xx = np.indices(estimate.shape)
-    return estimate * np.exp(-1j * (slope_y * yy + slope_x * xx))
+    return np.array([np.angle(np.sum(product[1:] * np.conj(product[:-1]))),
+                     np.angle(np.sum(product[:, 1:] * np.conj(product[:, :-1])))])
+
+
+def phase_ramp(shape, slopes):
+    """``exp(i (slope_y y + slope_x x))`` on a (H, W) pixel grid."""
+    yy, xx = np.indices(shape)
+    return np.exp(1j * (slopes[0] * yy + slopes[1] * xx))
 
 
 def registered_error(estimate, truth, region=None, upsample=20):
     """Normalised RMS error ``||c T(estimate) - truth|| / ||truth||`` over ``region``.
 
-    T removes the sub-pixel shift (found by correlating both over ``region``) and the linear phase ramp,
-    and c is the best global complex factor (global phase and the probe/object scale).
-    ``estimate`` and ``truth`` are complex (H, W) on the same pixel grid; ``region`` is a
-    bool (H, W) of the pixels to score (e.g. :func:`illuminated_region`), default all.
+    T removes the sub-pixel shift (found by correlating with the truth over ``region``) and
+    the linear phase ramp, and c is the best global complex factor (global phase and the
+    probe/object scale). ``estimate`` and ``truth`` are complex (H, W) on the same pixel
+    grid; ``region`` is a bool (H, W) of the pixels to score (e.g. :func:`illuminated_region`),
+    default all.
     """
     estimate = np.asarray(estimate, dtype=complex)
     truth = np.asarray(truth, dtype=complex)
@@ -71,9 +78,16 @@ def registered_error(estimate, truth, region=None, upsample=20):
     def centred(image):
         return image - np.sum(image * weights) / weights.sum()
 
-    # only the truth is windowed: a window on both sides would correlate best with itself, at zero shift
-    aligned = shift_image(estimate, find_shift(centred(estimate), centred(truth) * weights, upsample))
-    aligned = remove_phase_ramp(aligned, truth, weights)
+    # Only the truth is windowed: a window on both sides would correlate best with itself, at zero
+    # shift. A ramp blurs the correlation peak and a shift biases the ramp, so the two are refined in
+    # turn, and the shift is always applied to the ramp-free estimate (a shifted ramp rings at the edges).
+    slopes = np.zeros(2)
+    for _ in range(REGISTRATION_ROUNDS):
+        deramped = estimate * np.conj(phase_ramp(truth.shape, slopes))
+        shift = find_shift(centred(deramped), centred(truth) * weights, upsample)
+        slopes = slopes + phase_ramp_slopes(shift_image(deramped, shift), truth, weights)
+    aligned = shift_image(estimate * np.conj(phase_ramp(truth.shape, slopes)), shift)
+    aligned = aligned * np.conj(phase_ramp(truth.shape, phase_ramp_slopes(aligned, truth, weights)))
     scale = np.sum(weights * np.conj(aligned) * truth) / np.sum(weights * np.abs(aligned) ** 2)
     residual = weights * np.abs(scale * aligned - truth) ** 2
     return float(np.sqrt(residual.sum() / np.sum(weights * np.abs(truth) ** 2)))

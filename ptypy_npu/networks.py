@@ -85,7 +85,7 @@ class W1Net(nn.Cell):
             nxt = channels[max(len(channels) - 2 - k, 0)]
             layers += _upsample_block(current, nxt)
             current = nxt
-        layers.append(nn.Conv2d(current, 1, 3, pad_mode='same', has_bias=True, weight_init='zeros'))
+        layers.append(nn.Conv2d(current, 1, 3, pad_mode='same', has_bias=True, weight_init='zeros', bias_init='zeros'))
         return nn.SequentialCell(layers)
 
     def construct(self, amplitudes):

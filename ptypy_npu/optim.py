@@ -6,7 +6,8 @@ Each optimizer is a ``mindspore.nn.Optimizer`` built by a factory
 probe are real/imag pairs of float tensors: every optimizer acts on the real and
 imaginary parts as separate parameters.
 """
-from mindspore import nn
+import mindspore as ms
+from mindspore import nn, ops
 
 
 def check_learning_rate(name, learning_rate):
@@ -45,3 +46,38 @@ def sgd(params, learning_rate, momentum=0.0, weight_decay=0.0):
 
 #: Built-in optimizers, contributed through the plugin hook.
 BUILTIN_OPTIMIZERS = {'adam': adam, 'adamw': adamw, 'sgd': sgd}
+
+
+class _GradientDot(nn.Cell):
+    """``sum_k <grad_k loss(inputs), vector_k>`` over the parameters ``weights``."""
+
+    def __init__(self, loss_cell, weights):
+        super().__init__()
+        self.loss_cell = loss_cell
+        self.weights = weights
+        self.grad = ops.GradOperation(get_by_list=True)
+
+    def construct(self, vectors, *inputs):
+        grads = self.grad(self.loss_cell, self.weights)(*inputs)
+        total = 0.0
+        for g, v in zip(grads, vectors):
+            total = total + (g * v).sum()
+        return total
+
+
+class HessianVectorProduct(nn.Cell):
+    """``H v`` of ``loss_cell(*inputs)`` with respect to ``weights``, by double backpropagation.
+
+    ``construct(vectors, *inputs)`` takes one vector per weight (a tuple of tensors shaped
+    like the weights) and returns the tuple ``H v``. Runs in graph mode only (MindSpore's
+    PyNative second-order gradients are unreliable); AdaHessian's Hutchinson estimate uses it.
+    """
+
+    def __init__(self, loss_cell, weights):
+        super().__init__()
+        self.weights = ms.ParameterTuple(weights)
+        self.gradient_dot = _GradientDot(loss_cell, self.weights)
+        self.grad = ops.GradOperation(get_by_list=True)
+
+    def construct(self, vectors, *inputs):
+        return self.grad(self.gradient_dot, self.weights)(vectors, *inputs)

@@ -50,9 +50,10 @@ class FarfieldPropagator(nn.Cell):
     pre, post : complex arrays (H, W)
         PtyPy's ``propagator.pre_fft`` and ``propagator.post_fft`` (or
         :func:`centred_fft_factors`). The scale ``1/sqrt(H W)`` makes the FFT unitary.
+    dtype : numpy float type of the fields (float32; float64 for gradient checks).
     """
 
-    def __init__(self, pre, post):
+    def __init__(self, pre, post, dtype=np.float32):
         super().__init__()
         pre = np.asarray(pre)
         post = np.asarray(post)
@@ -60,10 +61,10 @@ class FarfieldPropagator(nn.Cell):
             raise ValueError(f"pre/post propagation factors must be two (H, W) arrays of one shape, "
                              f"got {pre.shape} and {post.shape}")
         self.shape = pre.shape
-        self.pre_re = Tensor(pre.real.astype(np.float32))
-        self.pre_im = Tensor(pre.imag.astype(np.float32))
-        self.post_re = Tensor(post.real.astype(np.float32))
-        self.post_im = Tensor(post.imag.astype(np.float32))
+        self.pre_re = Tensor(pre.real.astype(dtype))
+        self.pre_im = Tensor(pre.imag.astype(dtype))
+        self.post_re = Tensor(post.real.astype(dtype))
+        self.post_im = Tensor(post.imag.astype(dtype))
         self.to_complex = ops.Complex()
 
     def _transform(self, re, im):

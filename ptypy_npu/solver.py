@@ -213,10 +213,12 @@ class JointObjective(nn.Cell):
         fourier, photon = physics.fourier_and_photon_errors(model, intensities, mask)
         exit_error = ops.zeros_like(fourier)
         if self.use_network:
+            # the probe is refined by the object's data term alone: a half-trained network must not bend it
+            probe_re = ops.stop_gradient(self.probe_re)
+            probe_im = ops.stop_gradient(self.probe_im)
             net_re, net_im = self.network_patches(amplitudes)
-            net_model = self.forward_model(self.probe_re, self.probe_im, net_re, net_im)
-            diff_re, diff_im = self.forward_model.exit_waves(self.probe_re, self.probe_im,
-                                                             net_re - patch_re, net_im - patch_im)
+            net_model = self.forward_model(probe_re, probe_im, net_re, net_im)
+            diff_re, diff_im = self.forward_model.exit_waves(probe_re, probe_im, net_re - patch_re, net_im - patch_im)
             exit_error = (ops.square(diff_re) + ops.square(diff_im)).sum(axis=(1, 2, 3))
             loss = loss + self.data_term(net_model, intensities, mask).sum() + self.consistency * exit_error.sum()
             exit_error = exit_error / (intensities.shape[-1] * intensities.shape[-2])

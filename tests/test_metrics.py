@@ -1,0 +1,54 @@
+"""Ground-truth metric against closed forms."""
+import numpy as np
+import pytest
+
+from ptypy_npu.metrics import find_shift, illuminated_region, phase_ramp, registered_error, shift_image
+from ptypy_npu.simulate import siemens_star
+
+
+@pytest.fixture
+def truth():
+    return siemens_star((96, 96))
+
+
+def test_find_shift_recovers_a_subpixel_shift(truth):
+    moved = shift_image(truth, (2.35, -1.6))
+    np.testing.assert_allclose(find_shift(moved, truth), (-2.35, 1.6), atol=0.051)
+
+
+@pytest.fixture
+def region(truth):
+    region = np.zeros(truth.shape, bool)
+    region[16:80, 16:80] = True
+    return region
+
+
+@pytest.mark.parametrize('transform', [lambda t: 0.37 * np.exp(1.1j) * t,
+                                       lambda t: shift_image(t, (1.4, -0.7)),
+                                       lambda t: t * phase_ramp(t.shape, (0.05, -0.03))])
+def test_registered_error_removes_each_ambiguity_exactly(truth, region, transform):
+    assert registered_error(transform(truth), truth, region) < 1e-6
+
+
+def test_registered_error_removes_all_ambiguities_together(truth, region):
+    estimate = 0.37 * np.exp(1.1j) * shift_image(truth, (1.4, -0.7)) * phase_ramp(truth.shape, (0.05, -0.03))
+    assert registered_error(estimate, truth, region) < 1e-6
+
+
+def test_registered_error_of_additive_noise_is_its_relative_norm(truth):
+    noise = 0.05 * np.random.default_rng(3).normal(size=truth.shape)
+    expected = np.linalg.norm(noise) / np.linalg.norm(truth)
+    assert registered_error(truth + noise, truth) == pytest.approx(expected, rel=0.05)
+
+
+def test_registered_error_refuses_mismatched_shapes(truth):
+    with pytest.raises(ValueError, match='one shape'):
+        registered_error(truth[:-1], truth)
+
+
+def test_illuminated_region_covers_the_scanned_area():
+    probe = np.ones((1, 4, 4))
+    region = illuminated_region(probe, [(0, 0), (0, 4)], (8, 10), threshold=0.5)
+    expected = np.zeros((8, 10), bool)
+    expected[:4, :8] = True
+    np.testing.assert_array_equal(region, expected)

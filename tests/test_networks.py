@@ -1,0 +1,67 @@
+"""W1Net shapes, geometry checks and second-order gradients (graph mode)."""
+import numpy as np
+import pytest
+from mindspore import Tensor, nn
+
+from ptypy_npu.networks import W1Net
+from ptypy_npu.optim import HessianVectorProduct
+
+
+@pytest.mark.parametrize('frame_size,binning', [(64, 1), (128, 2), (256, 4)])
+def test_w1net_returns_full_size_patches(frame_size, binning):
+    net = W1Net(frame_size, depth=3, width=4, binning=binning)
+    log_amplitude, phase = net(Tensor(np.random.rand(2, 1, frame_size, frame_size).astype(np.float32)))
+    assert log_amplitude.shape == (2, frame_size, frame_size)
+    assert phase.shape == (2, frame_size, frame_size)
+    assert np.all(np.abs(phase.asnumpy()) <= np.pi)
+
+
+def test_untrained_w1net_predicts_free_space():
+    """Zero-initialised heads: transmission 1, phase 0 before any training."""
+    log_amplitude, phase = W1Net(64, width=4)(Tensor(np.random.rand(1, 1, 64, 64).astype(np.float32)))
+    assert np.abs(log_amplitude.asnumpy()).max() < 1e-6 and np.abs(phase.asnumpy()).max() < 1e-6
+
+
+@pytest.mark.parametrize('kwargs,parameter', [({'frame_size': 100}, 'binning \\* 2\\*\\*depth'),
+                                              ({'frame_size': 64, 'depth': 0}, 'network.depth'),
+                                              ({'frame_size': 64, 'binning': 3}, 'network.binning'),
+                                              ({'frame_size': 64, 'width': 0}, 'network.width')])
+def test_w1net_names_the_setting_it_cannot_take(kwargs, parameter):
+    with pytest.raises(ValueError, match=parameter):
+        W1Net(**kwargs)
+
+
+def test_w1net_uses_only_layers_with_second_order_gradients():
+    banned = (nn.MaxPool2d, nn.AvgPool2d, nn.Upsample, nn.GroupNorm)
+    assert not [c for _, c in W1Net(64).cells_and_names() if isinstance(c, banned)]
+
+
+class _PatchLoss(nn.Cell):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, x, target):
+        log_amplitude, phase = self.net(x)
+        return ((log_amplitude - target) ** 2).sum() + (phase ** 2 * target).sum()
+
+
+def test_hessian_vector_product_is_symmetric_in_graph_mode():
+    """u . Hv = v . Hu for a W1Net loss (double backpropagation through every layer type)."""
+    rng = np.random.default_rng(0)
+    net = W1Net(32, depth=2, width=2)
+    net.set_train(False)  # fixed BatchNorm statistics: the loss is a function of the weights alone
+    for p in net.trainable_params():  # non-zero heads so every layer has curvature
+        p.set_data(Tensor(rng.normal(scale=0.3, size=p.shape).astype(np.float32)))
+    weights = net.trainable_params()
+    hvp = HessianVectorProduct(_PatchLoss(net), weights)
+    x = Tensor(rng.random((2, 1, 32, 32)).astype(np.float32))
+    target = Tensor(rng.random((2, 32, 32)).astype(np.float32))
+    u = tuple(Tensor(rng.choice([-1.0, 1.0], size=p.shape).astype(np.float32)) for p in weights)
+    v = tuple(Tensor(rng.choice([-1.0, 1.0], size=p.shape).astype(np.float32)) for p in weights)
+    hu = hvp(u, x, target)
+    hv = hvp(v, x, target)
+    u_hv = sum(float((a.asnumpy().astype(np.float64) * b.asnumpy()).sum()) for a, b in zip(u, hv))
+    v_hu = sum(float((a.asnumpy().astype(np.float64) * b.asnumpy()).sum()) for a, b in zip(v, hu))
+    assert abs(u_hv) > 1e-3
+    assert abs(u_hv - v_hu) <= 1e-3 * max(abs(u_hv), abs(v_hu))
