@@ -1,0 +1,116 @@
+"""The W1Net engine inside PtyPy (needs PtyPy; skipped with the reason when it is absent)."""
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.ptypy
+
+FAST_NETWORK = {'name': 'W1Net', 'depth': 2, 'width': 4, 'binning': 1}
+
+
+def to_param(tree):
+    from ptypy import utils as u
+    return u.Param({k: to_param(v) if isinstance(v, dict) else v for k, v in tree.items()})
+
+
+def parameter_tree(tmp_path, engines, frames=40, shape=64):
+    import ptypy_npu  # noqa: F401  (registers W1Net with PtyPy)
+    from ptypy import utils as u
+    from ptypy_npu.moonflower import moonflower_scan, use_structured_object
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    use_structured_object(str(tmp_path / 'object.png'))
+    p = u.Param()
+    p.verbose_level = 'critical'
+    p.io = u.Param(home=str(tmp_path), rfile=str(tmp_path / 'recon.ptyr'),
+                   autosave=u.Param(active=False), interaction=u.Param(active=False))
+    p.scans = u.Param(MF=moonflower_scan(frames=frames, shape=shape, photons=1e8))
+    p.engines = u.Param()
+    for k, engine in enumerate(engines):
+        p.engines[f'e{k:02d}'] = to_param(engine)
+    return p
+
+
+def run(p, level=5):
+    from ptypy.core import Ptycho
+    from ptypy.utils import parallel
+    parallel.loadmanager.reset()
+    np.random.seed(0)  # MoonFlowerScan's Poisson noise: the same data in every run
+    return Ptycho(p, level=level)
+
+
+def object_error(P):
+    from ptypy_npu.metrics import registered_error
+    from ptypy_npu.moonflower import true_object
+    truth, region = true_object(P)
+    return registered_error(next(iter(P.obj.storages.values())).data[0], truth, region)
+
+
+def test_w1net_is_registered_with_its_defaults():
+    import ptypy
+    import ptypy_npu  # noqa: F401
+    assert 'W1Net' in ptypy.engines.ENGINES
+    defaults = ptypy.defaults_tree['engine.W1Net']
+    assert defaults['batch_size'].default == 8
+    assert defaults['network.name'].default == 'W1Net'
+
+
+@pytest.mark.parametrize('extra,reason', [({'no_such_parameter': 1}, 'engines.e00 - no_such_parameter'),
+                                          ({'batch_size': 0}, 'engines.e00.batch_size - lowlim'),
+                                          ({'network': {'binning': 8}}, 'engines.e00.network.binning - uplim')])
+def test_bad_tree_fails_validation_naming_the_parameter(tmp_path, extra, reason):
+    import ptypy
+    p = parameter_tree(tmp_path, [{'name': 'W1Net', 'numiter': 1, **extra}])
+    with pytest.raises(RuntimeError, match=reason):
+        ptypy.defaults_tree['ptycho'].validate(p)
+
+
+def test_propagation_equals_ptypys_own(tmp_path):
+    from ptypy_npu.physics import FarfieldPropagator
+    from mindspore import Tensor
+    P = run(parameter_tree(tmp_path, [{'name': 'W1Net', 'numiter': 1}]), level=2)
+    pod = next(iter(P.pods.values()))
+    rng = np.random.default_rng(0)
+    exit_wave = (rng.normal(size=pod.geometry.shape) + 1j * rng.normal(size=pod.geometry.shape)).astype(np.complex64)
+    propagator = pod.geometry.propagator
+    re, im = FarfieldPropagator(propagator.pre_fft, propagator.post_fft)(
+        Tensor(exit_wave.real.copy()), Tensor(exit_wave.imag.copy()))
+    reference = pod.fw(exit_wave)
+    ours = re.asnumpy() + 1j * im.asnumpy()
+    assert np.linalg.norm(ours - reference) <= 1e-5 * np.linalg.norm(reference)
+
+
+def test_dm_then_w1net_lowers_ptypys_errors_and_the_object_error(tmp_path):
+    import h5py
+    p = parameter_tree(tmp_path, [{'name': 'DM', 'numiter': 10},
+                                  {'name': 'W1Net', 'numiter': 10, 'numiter_contiguous': 5, 'network': FAST_NETWORK}])
+    P = run(p)
+    info = P.runtime.iter_info
+    dm_last = [i for i in info if i['engine'] == 'DM'][-1]
+    w1_last = [i for i in info if i['engine'] == 'W1Net'][-1]
+    assert w1_last['error'][0] < dm_last['error'][0]
+    assert w1_last['error'][2] > 0  # exit error: network/object mismatch
+    dm_only = run(parameter_tree(tmp_path / 'dm', [{'name': 'DM', 'numiter': 10}]))
+    assert object_error(P) < object_error(dm_only)
+    with h5py.File(tmp_path / 'recon.ptyr', 'r') as f:
+        saved = f['content/obj/SMFG00/data'][0]
+    np.testing.assert_array_equal(saved, next(iter(P.obj.storages.values())).data[0])
+
+
+def test_w1net_alone_improves_on_ptypys_initial_object(tmp_path):
+    p = parameter_tree(tmp_path, [{'name': 'W1Net', 'numiter': 15, 'numiter_contiguous': 5, 'network': {'name': None}}])
+    initial = object_error(run(p, level=4))
+    P = run(p)
+    errors = [i['error'][0] for i in P.runtime.iter_info]
+    assert errors[-1] < 0.5 * errors[0]
+    assert object_error(P) < 0.5 * initial
+
+
+@pytest.mark.parametrize('extra,message', [({'network': {'name': 'NoSuchNet'}}, "network.name: unknown network"),
+                                           ({'loss': 'l1'}, 'loss must be one of'),
+                                           ({'device': 'TPU'}, 'device must be one of'),
+                                           ({'object_update': {'optimizer': 'nosuch'}}, 'object_group.optimizer')])
+def test_bad_engine_settings_fail_before_any_container_changes(tmp_path, extra, message):
+    P = run(parameter_tree(tmp_path, [{'name': 'W1Net', 'numiter': 2, **extra}]), level=3)
+    before = next(iter(P.obj.storages.values())).data.copy()
+    with pytest.raises(ValueError, match=message):
+        P.run()
+    np.testing.assert_array_equal(next(iter(P.obj.storages.values())).data, before)

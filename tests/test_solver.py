@@ -1,0 +1,106 @@
+"""The joint solver on scans simulated with numpy, and its refusal of bad input."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from ptypy_npu.metrics import illuminated_region, registered_error
+from ptypy_npu.simulate import simulate_scan
+from ptypy_npu.solver import GroupSettings, JointSolver, SolverSettings
+
+SMALL_NETWORK = {'name': 'W1Net', 'depth': 2, 'width': 4, 'binning': 1}
+
+
+@pytest.fixture(scope='module')
+def scan():
+    return simulate_scan(frame_size=64, count=64, photons=1e6, seed=0)
+
+
+def ground_truth_error(solver, scan):
+    data, truth = scan
+    return registered_error(solver.object, truth, illuminated_region(data.probe, data.positions, truth.shape))
+
+
+def test_physics_only_solver_reconstructs_a_simulated_scan(scan):
+    data, truth = scan
+    solver = JointSolver(data, SolverSettings(network=None))
+    initial = ground_truth_error(solver, scan)
+    first = solver.run(5)
+    last = solver.run(25)
+    assert initial > 0.35
+    assert ground_truth_error(solver, scan) < 0.1
+    assert last[:, 0].mean() < 0.5 * first[:, 0].mean()
+    assert np.all(last[:, 2] == 0)  # no network, no exit-wave mismatch
+    np.testing.assert_array_equal(data.obj, 1)  # the caller's arrays are never written
+
+
+def test_joint_solver_with_network_reconstructs_and_its_network_learns_the_patches(scan):
+    data, truth = scan
+    solver = JointSolver(data, SolverSettings(network=SMALL_NETWORK))
+    errors = solver.run(20)
+    assert ground_truth_error(solver, scan) < 0.15
+    assert np.all(errors[:, 2] > 0)
+    frames = [10, 20, 30, 40, 50]
+    centre = np.zeros((64, 64), bool)
+    centre[16:48, 16:48] = True
+    network_errors, flat_errors = [], []
+    for patch, (row, col) in zip(solver.predict_patches(frames=frames), data.positions[frames]):
+        true_patch = truth[row:row + 64, col:col + 64]
+        network_errors.append(registered_error(patch, true_patch, centre))
+        flat_errors.append(registered_error(np.ones_like(patch), true_patch, centre))  # the untrained network
+    assert np.mean(network_errors) < 0.75 * np.mean(flat_errors)
+
+
+def test_solver_is_deterministic_for_a_seed(scan):
+    data, _ = scan
+    objects = []
+    for _ in range(2):
+        solver = JointSolver(data, SolverSettings(network=SMALL_NETWORK, seed=7))
+        solver.run(2)
+        objects.append(solver.object)
+    np.testing.assert_array_equal(objects[0], objects[1])
+
+
+def with_data(**changes):
+    def change(data):
+        return dataclasses.replace(data, **{k: v(data) for k, v in changes.items()})
+    return change
+
+
+def mask_frame_three(data):
+    mask = np.ones(data.intensities.shape, bool)
+    mask[3] = False
+    return mask
+
+
+def darken_frame_five(data):
+    intensities = data.intensities.copy()
+    intensities[5] = 0
+    return intensities
+
+
+@pytest.mark.parametrize('change,message', [
+    (with_data(probe=lambda d: d.probe[:, :32]), 'probe must be'),
+    (with_data(mask=mask_frame_three), r'mask: frames \[3\] are entirely masked'),
+    (with_data(intensities=darken_frame_five), r'intensities: frames \[5\] hold no photons'),
+    (with_data(positions=lambda d: d.positions + 1000), 'positions: frames'),
+    (with_data(obj=lambda d: d.obj[:10]), 'obj must be'),
+    (with_data(intensities=lambda d: d.intensities[0]), 'intensities must be'),
+])
+def test_bad_scan_data_is_refused_naming_the_array(scan, change, message):
+    with pytest.raises(ValueError, match=message):
+        JointSolver(change(scan[0]), SolverSettings(network=None))
+
+
+@pytest.mark.parametrize('settings,message', [
+    (SolverSettings(network={'name': 'NoSuchNet'}), "network.name: unknown network 'NoSuchNet'; available: .*W1Net"),
+    (SolverSettings(object_group=GroupSettings('nosuch', 1.0)), "object_group.optimizer: unknown optimizer"),
+    (SolverSettings(probe_group=GroupSettings('sgd', -1.0)), "probe_group.learning_rate must be a finite number >= 0"),
+    (SolverSettings(device='TPU'), "device must be one of CPU, GPU, Ascend"),
+    (SolverSettings(batch_size=1000), "batch_size 1000 exceeds the 64 frames"),
+    (SolverSettings(loss='l1'), "loss must be one of gaussian, poisson"),
+    (SolverSettings(network={'name': 'W1Net', 'depth': 7}), r"network.depth=7 .* multiple of binning \* 2\*\*depth"),
+])
+def test_bad_settings_are_refused_naming_the_setting(scan, settings, message):
+    with pytest.raises(ValueError, match=message):
+        JointSolver(scan[0], settings)
