@@ -27,6 +27,14 @@ def _upsample_block(in_channels, out_channels):
             nn.BatchNorm2d(out_channels), nn.LeakyReLU(0.2)]
 
 
+def bin_frames(amplitudes, binning):
+    """Sum ``binning x binning`` pixel blocks of (B, 1, H, W) frames -> (B, 1, H/binning, W/binning)."""
+    if binning == 1:
+        return amplitudes
+    b, _, h, w = amplitudes.shape
+    return amplitudes.reshape(b, 1, h // binning, binning, w // binning, binning).sum(axis=(3, 5))
+
+
 def check_network_geometry(frame_size, depth, binning):
     """Raise ``ValueError`` naming the parameter when the network cannot take ``frame_size``."""
     if not isinstance(frame_size, int) or frame_size <= 0:
@@ -90,11 +98,7 @@ class W1Net(nn.Cell):
 
     def construct(self, amplitudes):
         """(B, 1, H, W) normalised amplitudes -> (log_amplitude, phase), each (B, H, W)."""
-        if self.binning > 1:
-            b, _, h, w = amplitudes.shape
-            amplitudes = amplitudes.reshape(b, 1, h // self.binning, self.binning,
-                                            w // self.binning, self.binning).sum(axis=(3, 5))
-        features = self.encoder(amplitudes)
+        features = self.encoder(bin_frames(amplitudes, self.binning))
         log_amplitude = self.amplitude_decoder(features).squeeze(1)
         phase = 3.14159265 * self.tanh(self.phase_decoder(features).squeeze(1))
         return log_amplitude, phase

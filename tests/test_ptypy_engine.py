@@ -1,4 +1,6 @@
 """The W1Net engine inside PtyPy (needs PtyPy; skipped with the reason when it is absent)."""
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -114,3 +116,12 @@ def test_bad_engine_settings_fail_before_any_container_changes(tmp_path, extra, 
     with pytest.raises(ValueError, match=message):
         P.run()
     np.testing.assert_array_equal(next(iter(P.obj.storages.values())).data, before)
+
+
+@pytest.mark.skipif(importlib.util.find_spec('ptypy_npu_ptychonn') is None,
+                    reason="plugin distribution not installed: pip install ./plugins/ptypy-npu-ptychonn")
+def test_engine_trains_the_ptychonn_plugin_selected_in_the_tree(tmp_path):
+    network = {'name': 'PtychoNN', 'depth': 2, 'width': 4, 'binning': 1}
+    P = run(parameter_tree(tmp_path, [{'name': 'W1Net', 'numiter': 6, 'network': network}]))
+    exit_errors = [i['error'][2] for i in P.runtime.iter_info]
+    assert exit_errors[0] > 0 and exit_errors[-1] < exit_errors[0]

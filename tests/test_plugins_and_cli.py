@@ -1,0 +1,98 @@
+"""Plugin host, the separately installed PtychoNN plugin, the CLI and file I/O."""
+import bz2
+import importlib.metadata
+import importlib.util
+
+import h5py
+import numpy as np
+import pytest
+
+from ptypy_npu import cli, plugins
+from ptypy_npu.io import load_npz_scan
+from ptypy_npu.solver import JointSolver, SolverSettings
+from ptypy_npu.simulate import simulate_scan
+
+HAVE_PTYCHONN = importlib.util.find_spec('ptypy_npu_ptychonn') is not None
+
+
+def test_builtins_register_through_the_hooks():
+    assert 'W1Net' in plugins.networks()
+    assert {'adam', 'adamw', 'sgd'} <= set(plugins.optimizers())
+    assert ('builtin', 'ptypy-npu') == plugins.describe()[0][:2]
+
+
+def test_a_plugin_that_fails_to_import_is_reported_and_skipped(monkeypatch):
+    broken = importlib.metadata.EntryPoint(name='broken', value='no_such_module_xyz', group='ptypy_npu')
+    real = importlib.metadata.entry_points
+    monkeypatch.setattr(importlib.metadata, 'entry_points',
+                        lambda group: list(real(group=group)) + [broken])
+    monkeypatch.setattr(plugins, '_manager', None)
+    monkeypatch.setattr(plugins, 'FAILED_PLUGINS', {})
+    with pytest.warns(UserWarning, match="plugin 'broken' .* failed to load"):
+        names = plugins.networks()
+    assert 'W1Net' in names
+    assert any(row[0] == 'broken' and row[4].startswith('failed: ModuleNotFoundError') for row in plugins.describe())
+    monkeypatch.setattr(plugins, '_manager', None)  # the next user reloads a clean host
+
+
+@pytest.mark.skipif(not HAVE_PTYCHONN, reason="plugin distribution not installed: pip install ./plugins/ptypy-npu-ptychonn")
+def test_ptychonn_plugin_is_selected_by_name_and_trains():
+    data, truth = simulate_scan(frame_size=64, count=32, photons=1e6)
+    settings = SolverSettings(network={'name': 'PtychoNN', 'depth': 2, 'width': 4, 'binning': 1}, batch_size=8)
+    solver = JointSolver(data, settings)
+    assert type(solver.network).__name__ == 'PtychoNN'
+    first = solver.run(1)[:, 2].mean()
+    last = solver.run(6)[:, 2].mean()
+    assert last < first  # the network's patches approach the object's
+
+
+@pytest.mark.skipif(not HAVE_PTYCHONN, reason="plugin distribution not installed: pip install ./plugins/ptypy-npu-ptychonn")
+def test_ptychonn_names_the_setting_it_cannot_take():
+    from ptypy_npu_ptychonn import PtychoNN
+    with pytest.raises(ValueError, match='network.binning = 2'):
+        PtychoNN(128, binning=1)
+
+
+def write_tike_layout(path, data):
+    """The layout of shared/data: corner-centred frames, float positions, nested probe axes."""
+    frames = np.fft.ifftshift(data.intensities, axes=(-2, -1))[None]
+    with bz2.open(path, 'wb') as f:
+        np.savez(f, data=frames, scan=(data.positions - 3.3)[None].astype(np.float32),
+                 probe=data.probe[None, None, None].astype(np.complex64))
+
+
+def test_npz_reader_restores_ptypys_convention(tmp_path):
+    data, _ = simulate_scan(frame_size=32, count=10, photons=1e4)
+    write_tike_layout(tmp_path / 'scan.npz.bz2', data)
+    loaded = load_npz_scan(str(tmp_path / 'scan.npz.bz2'))
+    np.testing.assert_array_equal(loaded.intensities, data.intensities)
+    np.testing.assert_array_equal(loaded.positions - loaded.positions.min(0), data.positions - data.positions.min(0))
+    assert loaded.probe.shape == (1, 32, 32)
+
+
+def test_npz_reader_names_the_missing_array(tmp_path):
+    np.savez(tmp_path / 'bad.npz', data=np.ones((1, 2, 8, 8)))
+    with pytest.raises(ValueError, match=r"lacks the arrays \['probe', 'scan'\]"):
+        load_npz_scan(str(tmp_path / 'bad.npz'))
+    with pytest.raises(FileNotFoundError, match='nope.npz'):
+        load_npz_scan(str(tmp_path / 'nope.npz'))
+
+
+def test_cli_solves_a_simulated_scan_and_never_overwrites(tmp_path, capsys):
+    out = str(tmp_path / 'result.h5')
+    assert cli.main(['solve', '--simulate', '--frames', '32', '--epochs', '5', '--network', 'none',
+                     '--out', out, '--png']) == 0
+    with h5py.File(out, 'r') as f:
+        assert f['object'].shape[0] > 64 and f['errors'].shape == (32, 3)
+        saved = f['object'][()]
+    assert (tmp_path / 'result.png').stat().st_size > 0
+    assert 'object error' in capsys.readouterr().out
+    assert cli.main(['solve', '--simulate', '--epochs', '1', '--out', out]) == 2
+    assert 'exists; choose another output or pass --force' in capsys.readouterr().err
+    with h5py.File(out, 'r') as f:
+        np.testing.assert_array_equal(f['object'][()], saved)
+
+
+def test_cli_reports_a_bad_setting_by_name(tmp_path, capsys):
+    assert cli.main(['solve', '--simulate', '--network', 'NoSuchNet', '--out', str(tmp_path / 'r.h5')]) == 2
+    assert "network.name: unknown network 'NoSuchNet'" in capsys.readouterr().err
