@@ -120,7 +120,7 @@ class W1Net(BaseEngine):
     help = Optimizer name from the loaded plugins
 
     [object_update.learning_rate]
-    default = 1.0
+    default = 1.5
     type = float
     lowlim = 0.0
     help = Learning rate (1 is a full projection-like step)
@@ -136,7 +136,7 @@ class W1Net(BaseEngine):
     help = Optimizer name from the loaded plugins
 
     [probe_update.learning_rate]
-    default = 1.0
+    default = 1.5
     type = float
     lowlim = 0.0
     help = Learning rate (1 is a full projection-like step)

@@ -118,8 +118,8 @@ class SolverSettings:
     """
     network: dict = dataclasses.field(default_factory=_default_network)
     network_group: GroupSettings = dataclasses.field(default_factory=lambda: GroupSettings('adam', 2e-3))
-    object_group: GroupSettings = dataclasses.field(default_factory=lambda: GroupSettings('sgd', 1.0))
-    probe_group: GroupSettings = dataclasses.field(default_factory=lambda: GroupSettings('sgd', 1.0))
+    object_group: GroupSettings = dataclasses.field(default_factory=lambda: GroupSettings('sgd', 1.5))
+    probe_group: GroupSettings = dataclasses.field(default_factory=lambda: GroupSettings('sgd', 1.5))
     batch_size: int = 8
     loss: str = 'gaussian'
     consistency: float = 0.1

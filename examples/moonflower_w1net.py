@@ -1,0 +1,51 @@
+"""DM, then W1Net, on PtyPy's simulated MoonFlowerScan; prints PtyPy's errors and the true object error.
+
+    ONEDNN_MAX_CPU_ISA=AVX2 GLOG_v=3 python examples/moonflower_w1net.py [--frames 200] [--dm 50] [--w1net 30]
+
+Needs PtyPy (install it from its upstream repository, see README). Writes .ptyr files
+under ./results/moonflower/.
+"""
+import argparse
+
+import ptypy_npu  # noqa: F401  (registers the W1Net engine with PtyPy)
+from ptypy import utils as u
+from ptypy.core import Ptycho
+
+from ptypy_npu.metrics import registered_error
+from ptypy_npu.moonflower import moonflower_scan, true_object, use_structured_object
+
+
+def report(P, label):
+    info = P.runtime.iter_info[-1]
+    truth, region = true_object(P)
+    error = registered_error(next(iter(P.obj.storages.values())).data[0], truth, region)
+    fourier, photon, exit_error = info['error']
+    print(f"after {label:6s}: PtyPy errors fourier {fourier:.3g}, photon {photon:.3g}, exit {exit_error:.3g}; "
+          f"object error against the truth {error:.4f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--frames', type=int, default=200, help='frames MoonFlowerScan is asked for')
+    parser.add_argument('--dm', type=int, default=50, help='DM iterations')
+    parser.add_argument('--w1net', type=int, default=30, help='W1Net epochs')
+    args = parser.parse_args()
+
+    print('structured object:', use_structured_object())
+    p = u.Param()
+    p.verbose_level = 'warning'
+    p.io = u.Param(home='results/moonflower', autosave=u.Param(active=False), interaction=u.Param(active=False))
+    p.scans = u.Param(MF=moonflower_scan(frames=args.frames, shape=128, photons=1e8))
+    p.engines = u.Param()
+    p.engines.e00 = u.Param(name='DM', numiter=args.dm)
+    p.engines.e01 = u.Param(name='W1Net', numiter=args.w1net)  # continues from DM's object and probe
+    P = Ptycho(p, level=4)
+    print('initial object error against the truth:', f"{registered_error(next(iter(P.obj.storages.values())).data[0], *true_object(P)):.4f}")
+    P.run('e00')
+    report(P, 'DM')
+    P.run('e01')
+    report(P, 'W1Net')
+
+
+if __name__ == '__main__':
+    main()
