@@ -59,7 +59,7 @@ class W1Net(BaseEngine):
     help = Weight of the exit-wave consistency term between network patches and the object
 
     [illumination_regularisation]
-    default = 0.1
+    default = 0.05
     type = float
     lowlim = 0.0
     help = Delta in the object/probe step normaliser 1 / (w + delta max w)
@@ -136,13 +136,13 @@ class W1Net(BaseEngine):
     help = Optimizer name from the loaded plugins
 
     [probe_update.learning_rate]
-    default = 1.5
+    default = 1.0
     type = float
     lowlim = 0.0
     help = Learning rate (1 is a full projection-like step)
 
     [probe_update.start]
-    default = 2
+    default = 0
     type = int, None
     lowlim = 0
     help = Epochs before the probe is refined; None keeps the probe fixed

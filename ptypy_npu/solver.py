@@ -119,12 +119,12 @@ class SolverSettings:
     network: dict = dataclasses.field(default_factory=_default_network)
     network_group: GroupSettings = dataclasses.field(default_factory=lambda: GroupSettings('adam', 2e-3))
     object_group: GroupSettings = dataclasses.field(default_factory=lambda: GroupSettings('sgd', 1.5))
-    probe_group: GroupSettings = dataclasses.field(default_factory=lambda: GroupSettings('sgd', 1.5))
+    probe_group: GroupSettings = dataclasses.field(default_factory=lambda: GroupSettings('sgd', 1.0))
     batch_size: int = 8
     loss: str = 'gaussian'
     consistency: float = 0.1
-    probe_update_start: int = 2
-    illumination_regularisation: float = 0.1
+    probe_update_start: int = 0
+    illumination_regularisation: float = 0.05
     seed: int = 0
     device: str = 'CPU'
 
@@ -288,8 +288,8 @@ class JointSolver:
         n, h, w = self.data.intensities.shape
         self.object_shape = self.data.obj.shape
         self.indices = patch_indices(self.data.positions, (h, w), self.object_shape)
-        amplitudes = np.sqrt(self.data.intensities)
-        self.amplitudes = (amplitudes / amplitudes.max())[:, None].astype(np.float32)
+        compressed = np.log1p(self.data.intensities)
+        self.amplitudes = (compressed / compressed.max())[:, None].astype(np.float32)
         self.mask = self.data.mask.astype(np.float32)
         self.network = self._build_network(h)
         self.objective = JointObjective(self.data, self.network, self.settings.loss, self.settings.consistency)

@@ -98,7 +98,7 @@ def test_dm_then_w1net_lowers_ptypys_errors_and_the_object_error(tmp_path):
 
 
 def test_w1net_alone_improves_on_ptypys_initial_object(tmp_path):
-    p = parameter_tree(tmp_path, [{'name': 'W1Net', 'numiter': 15, 'numiter_contiguous': 5, 'network': {'name': None}}])
+    p = parameter_tree(tmp_path, [{'name': 'W1Net', 'numiter': 15, 'network': {'name': None}}])
     initial = object_error(run(p, level=4))
     P = run(p)
     errors = [i['error'][0] for i in P.runtime.iter_info]
