@@ -101,7 +101,13 @@ class W1Net(BaseEngine):
     [network_update.optimizer]
     default = adam
     type = str
-    help = Optimizer name from the loaded plugins
+    help = Optimizer name from the loaded plugins: adam, adamw, sgd, lion, adahessian or a plugin's
+
+    [network_update.weight_decay]
+    default = 0.0
+    type = float
+    lowlim = 0.0
+    help = Decoupled weight decay of the network weights (passed to the optimizer only when > 0)
 
     [network_update.learning_rate]
     default = 0.002
@@ -117,7 +123,13 @@ class W1Net(BaseEngine):
     [object_update.optimizer]
     default = sgd
     type = str
-    help = Optimizer name from the loaded plugins
+    help = Optimizer name from the loaded plugins: adam, adamw, sgd, lion, adahessian or a plugin's
+
+    [object_update.weight_decay]
+    default = 0.0
+    type = float
+    lowlim = 0.0
+    help = Decoupled weight decay of the object (passed to the optimizer only when > 0)
 
     [object_update.learning_rate]
     default = 1.5
@@ -133,7 +145,13 @@ class W1Net(BaseEngine):
     [probe_update.optimizer]
     default = sgd
     type = str
-    help = Optimizer name from the loaded plugins
+    help = Optimizer name from the loaded plugins: adam, adamw, sgd, lion, adahessian or a plugin's
+
+    [probe_update.weight_decay]
+    default = 0.0
+    type = float
+    lowlim = 0.0
+    help = Decoupled weight decay of the probe (passed to the optimizer only when > 0)
 
     [probe_update.learning_rate]
     default = 1.0
@@ -146,6 +164,12 @@ class W1Net(BaseEngine):
     type = int, None
     lowlim = 0
     help = Epochs before the probe is refined; None keeps the probe fixed
+
+    [hessian_interval]
+    default = 1
+    type = int
+    lowlim = 1
+    help = Steps between Hessian-diagonal refreshes of second-order optimizers (adahessian)
 
     [seed]
     default = 0
@@ -177,14 +201,17 @@ class W1Net(BaseEngine):
         if p.network.name is not None:
             network = {'name': p.network.name, 'depth': p.network.depth, 'width': p.network.width,
                        'binning': p.network.binning}
+        def group(tree):
+            options = {'weight_decay': tree.weight_decay} if tree.weight_decay > 0 else {}
+            return GroupSettings(tree.optimizer, tree.learning_rate, options)
+
         return SolverSettings(
-            network=network,
-            network_group=GroupSettings(p.network_update.optimizer, p.network_update.learning_rate),
-            object_group=GroupSettings(p.object_update.optimizer, p.object_update.learning_rate),
-            probe_group=GroupSettings(p.probe_update.optimizer, p.probe_update.learning_rate),
+            network=network, network_group=group(p.network_update), object_group=group(p.object_update),
+            probe_group=group(p.probe_update),
             batch_size=p.batch_size, loss=p.loss, consistency=p.consistency,
             probe_update_start=p.probe_update.start,
-            illumination_regularisation=p.illumination_regularisation, seed=p.seed, device=p.device)
+            illumination_regularisation=p.illumination_regularisation, hessian_interval=p.hessian_interval,
+            seed=p.seed, device=p.device)
 
     def engine_initialize(self):
         """Check every setting (names, ranges, device) before any container is touched."""

@@ -4,10 +4,18 @@ Each optimizer is a ``mindspore.nn.Optimizer`` built by a factory
 ``factory(params, learning_rate, **settings)`` and contributed through the
 ``ptypy_npu_optimizers`` hook, so engines pick any of them by name. The object and
 probe are real/imag pairs of float tensors: every optimizer acts on the real and
-imaginary parts as separate parameters.
+imaginary parts as separate parameters (Lion's ``sign`` and AdaHessian's Rademacher
+probes included).
+
+Two kinds fit the solver's step: first-order optimizers take the gradients,
+``optimizer(gradients)``; optimizers with ``needs_hessian = True`` (AdaHessian) also
+keep a Hessian-diagonal estimate in their state, which the solver refreshes from the
+loss closure every ``hessian_interval`` steps through :meth:`AdaHessian.refresh_hessian`.
 """
+import numpy as np
+
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import Parameter, Tensor, nn, ops
 
 
 def check_learning_rate(name, learning_rate):
@@ -30,13 +38,6 @@ def adam(params, learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
                    weight_decay=weight_decay)
 
 
-def adamw(params, learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
-    """MindSpore's AdamWeightDecay (Loshchilov & Hutter 2019): decoupled weight decay."""
-    check_betas('betas', betas)
-    return nn.AdamWeightDecay(params, learning_rate=learning_rate, beta1=betas[0], beta2=betas[1],
-                              eps=eps, weight_decay=weight_decay)
-
-
 def sgd(params, learning_rate, momentum=0.0, weight_decay=0.0):
     """MindSpore's SGD. With the solver's illumination normalisation this is ePIE-like."""
     if not 0 <= momentum < 1:
@@ -44,8 +45,128 @@ def sgd(params, learning_rate, momentum=0.0, weight_decay=0.0):
     return nn.SGD(params, learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay)
 
 
+class Lion(nn.Optimizer):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms").
+
+    Per parameter p with gradient g and one moment m::
+
+        c = b1 m + (1 - b1) g;   p <- p - lr (sign(c) + wd p);   m <- b2 m + (1 - b2) g
+
+    Weight decay is decoupled (applied with the step, not added to g). Steps have the
+    same size lr on every element, so lr is typically 3-10x smaller than Adam's.
+    """
+    needs_hessian = False
+
+    def __init__(self, params, learning_rate=1e-4, betas=(0.9, 0.99), weight_decay=0.0):
+        check_learning_rate('learning_rate', learning_rate)
+        check_betas('betas', betas)
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        super().__init__(learning_rate, params)
+        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
+        self.decay = float(weight_decay)
+        self.moments = self.parameters.clone(prefix='lion_m', init='zeros')
+
+    def construct(self, gradients):
+        lr = self.get_lr()
+        for param, moment, grad in zip(self.parameters, self.moments, gradients):
+            direction = ops.sign(self.beta1 * moment + (1 - self.beta1) * grad)
+            ops.assign(param, param - lr * (direction + self.decay * param))
+            ops.assign(moment, self.beta2 * moment + (1 - self.beta2) * grad)
+        return True
+
+
+class AdamW(nn.Optimizer):
+    """AdamW (Loshchilov & Hutter 2019): Adam with bias correction and decoupled weight decay::
+
+        m <- b1 m + (1 - b1) g;   s <- b2 s + (1 - b2) c^2
+        p <- p - lr (m / (1 - b1^t)) / ((s / (1 - b2^t))^(k/2) + eps) - lr wd p
+
+    with curvature c = g and k = 1. (MindSpore's ``AdamWeightDecay`` is deprecated and
+    has no bias correction, so the paper's update is implemented here.) :class:`AdaHessian`
+    shares this update with c = its Hessian-diagonal estimate.
+    """
+    needs_hessian = False
+
+    def __init__(self, params, learning_rate=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 hessian_power=1.0):
+        check_learning_rate('learning_rate', learning_rate)
+        check_betas('betas', betas)
+        if not 0 < hessian_power <= 1:
+            raise ValueError(f"hessian_power must be in (0, 1], got {hessian_power!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps!r}")
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        super().__init__(learning_rate, params)
+        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
+        self.eps = float(eps)
+        self.decay = float(weight_decay)
+        self.half_power = float(hessian_power) / 2
+        prefix = type(self).__name__.lower()
+        self.moments = self.parameters.clone(prefix=f'{prefix}_m', init='zeros')
+        self.curvature_moments = self.parameters.clone(prefix=f'{prefix}_s', init='zeros')
+        self.step = Parameter(Tensor(0, ms.int32), name=f'{prefix}_step')
+
+    def curvatures(self, gradients):
+        """The c whose squares the second moment averages: the gradients themselves."""
+        return gradients
+
+    def construct(self, gradients):
+        lr = self.get_lr()
+        step = self.step + 1
+        ops.assign(self.step, step)
+        t = ops.cast(step, ms.float32)
+        correction1 = 1 - ops.pow(self.beta1, t)
+        correction2 = 1 - ops.pow(self.beta2, t)
+        for param, moment, curvature_moment, curvature, grad in zip(
+                self.parameters, self.moments, self.curvature_moments, self.curvatures(gradients), gradients):
+            new_moment = self.beta1 * moment + (1 - self.beta1) * grad
+            new_curvature_moment = self.beta2 * curvature_moment + (1 - self.beta2) * curvature * curvature
+            denominator = ops.pow(new_curvature_moment / correction2, self.half_power) + self.eps
+            ops.assign(param, param - lr * (new_moment / correction1) / denominator - lr * self.decay * param)
+            ops.assign(moment, new_moment)
+            ops.assign(curvature_moment, new_curvature_moment)
+        return True
+
+
+class AdaHessian(AdamW):
+    """AdaHessian (Yao et al. 2021, "ADAHESSIAN: An Adaptive Second Order Optimizer").
+
+    :class:`AdamW`'s update with the curvature c = D, the Hutchinson estimate of the
+    Hessian diagonal ``D = |v * Hv|`` (v Rademacher +-1, Hv by double backpropagation),
+    averaged over the kernel window of convolution weights (4-D parameters), and Hessian
+    power k in (0, 1]. :meth:`refresh_hessian` stores a new D; between refreshes (the
+    solver's ``hessian_interval``) the last D is reused. For the object and probe, D
+    plays the role of the illumination normaliser, which the solver then leaves out.
+    """
+    needs_hessian = True
+
+    def __init__(self, params, learning_rate=0.1, betas=(0.9, 0.999), eps=1e-4, weight_decay=0.0,
+                 hessian_power=1.0):
+        super().__init__(params, learning_rate, betas, eps, weight_decay, hessian_power)
+        self.hessian_diagonal = self.parameters.clone(prefix='adahessian_d', init='zeros')
+
+    def refresh_hessian(self, hessian_vector_products, probes):
+        """Store ``D = |v * Hv|`` (kernel-averaged for 4-D weights) from probes v and their Hv."""
+        for stored, hv, v in zip(self.hessian_diagonal, hessian_vector_products, probes):
+            diagonal = ops.abs(hv * v)
+            if diagonal.ndim == 4:
+                diagonal = ops.broadcast_to(diagonal.mean(axis=(2, 3), keep_dims=True), diagonal.shape)
+            ops.assign(stored, diagonal)
+        return True
+
+    def curvatures(self, gradients):
+        return self.hessian_diagonal
+
+
+def rademacher_like(params, rng):
+    """One Rademacher (+-1) tensor per parameter, from the numpy Generator ``rng``."""
+    return tuple(Tensor(rng.choice(np.array([-1.0, 1.0], np.float32), size=p.shape)) for p in params)
+
+
 #: Built-in optimizers, contributed through the plugin hook.
-BUILTIN_OPTIMIZERS = {'adam': adam, 'adamw': adamw, 'sgd': sgd}
+BUILTIN_OPTIMIZERS = {'adam': adam, 'adamw': AdamW, 'sgd': sgd, 'lion': Lion, 'adahessian': AdaHessian}
 
 
 class _GradientDot(nn.Cell):

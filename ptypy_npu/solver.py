@@ -20,6 +20,7 @@ normalisation of ePIE/LSQML; with plain SGD and learning rate ~1 this is a proje
 update independent of the photon count (DESIGN.md section 2b).
 """
 import dataclasses
+import json
 import math
 import time
 
@@ -28,6 +29,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from . import physics, plugins
+from .optim import HessianVectorProduct, rademacher_like
 
 DEVICES = ('CPU', 'GPU', 'Ascend')
 
@@ -115,6 +117,8 @@ class SolverSettings:
     consistency : weight of the network/object exit-wave consistency term.
     probe_update_start : epochs before the probe starts to be refined (None: never).
     illumination_regularisation : delta in the step normaliser ``1/(w + delta max w)``.
+    hessian_interval : steps between refreshes of the Hessian-diagonal estimate of
+        second-order optimizers (AdaHessian); each refresh costs about 2 gradients.
     """
     network: dict = dataclasses.field(default_factory=_default_network)
     network_group: GroupSettings = dataclasses.field(default_factory=lambda: GroupSettings('adam', 2e-3))
@@ -125,6 +129,7 @@ class SolverSettings:
     consistency: float = 0.1
     probe_update_start: int = 0
     illumination_regularisation: float = 0.05
+    hessian_interval: int = 1
     seed: int = 0
     device: str = 'CPU'
 
@@ -141,6 +146,8 @@ class SolverSettings:
         for name in ('consistency', 'illumination_regularisation'):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not isinstance(self.hessian_interval, int) or self.hessian_interval < 1:
+            raise ValueError(f"hessian_interval must be an integer >= 1, got {self.hessian_interval!r}")
         if self.probe_update_start is not None and self.probe_update_start < 0:
             raise ValueError(f"probe_update_start must be >= 0 or None, got {self.probe_update_start!r}")
         for group in ('network_group', 'object_group', 'probe_group'):
@@ -158,11 +165,14 @@ def select_device(device):
     """Point MindSpore at ``device`` in graph mode; ``ValueError`` if it cannot be used."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    if ms.get_context('device_target') == device:
+        return  # already there; MindSpore refuses set_device once its runtime has started
     try:
         ms.set_device(device)
-        ms.set_context(mode=ms.GRAPH_MODE)
     except Exception as error:
-        raise ValueError(f"device {device!r} cannot be used by MindSpore here: {error}") from error
+        raise ValueError(f"device {device!r} cannot be used by MindSpore here "
+                         f"(it runs on {ms.get_context('device_target')}): {error}") from error
 
 
 def patch_indices(positions, frame_shape, object_shape):
@@ -225,6 +235,17 @@ class JointObjective(nn.Cell):
         return loss, fourier, photon, exit_error
 
 
+class _ObjectiveLoss(nn.Cell):
+    """The scalar loss of a :class:`JointObjective`, for double backpropagation."""
+
+    def __init__(self, objective):
+        super().__init__()
+        self.objective = objective
+
+    def construct(self, amplitudes, intensities, mask, indices):
+        return self.objective(amplitudes, intensities, mask, indices)[0]
+
+
 class JointStep(nn.Cell):
     """One compiled optimisation step of network, object and probe on a minibatch.
 
@@ -248,18 +269,24 @@ class JointStep(nn.Cell):
         self.regularisation = regularisation
         self.curvature = curvature
         self.object_pixels = objective.object_re.shape[0]
+        # second-order optimizers bring their own curvature: no illumination normalisation for them
+        self.normalise_object = not getattr(self.object_optimizer, 'needs_hessian', False)
+        self.normalise_probe = not getattr(self.probe_optimizer, 'needs_hessian', False)
 
     def construct(self, amplitudes, intensities, mask, indices, probe_on):
         (loss, fourier, photon, exit_error), grads = self.grad_fn(amplitudes, intensities, mask, indices)
         objective = self.objective
-        probe_power = (ops.square(objective.probe_re) + ops.square(objective.probe_im)).sum(axis=0)
-        batch = indices.shape[0]
-        illumination = physics.scatter_add_patches(ops.tile(probe_power.expand_dims(0), (batch, 1, 1)),
-                                                   indices, self.object_pixels)
-        object_scale = physics.inverse_illumination(illumination, self.regularisation, self.curvature)
-        patch_re, patch_im = objective.patches(indices)
-        patch_power = (ops.square(patch_re) + ops.square(patch_im)).sum(axis=0)
-        probe_scale = physics.inverse_illumination(patch_power, self.regularisation, self.curvature) * probe_on
+        object_scale = 1.0
+        if self.normalise_object:
+            probe_power = (ops.square(objective.probe_re) + ops.square(objective.probe_im)).sum(axis=0)
+            illumination = physics.scatter_add_patches(
+                ops.tile(probe_power.expand_dims(0), (indices.shape[0], 1, 1)), indices, self.object_pixels)
+            object_scale = physics.inverse_illumination(illumination, self.regularisation, self.curvature)
+        probe_scale = probe_on
+        if self.normalise_probe:
+            patch_re, patch_im = objective.patches(indices)
+            patch_power = (ops.square(patch_re) + ops.square(patch_im)).sum(axis=0)
+            probe_scale = physics.inverse_illumination(patch_power, self.regularisation, self.curvature) * probe_on
         self.object_optimizer((grads[0] * object_scale, grads[1] * object_scale))
         self.probe_optimizer((grads[2] * probe_scale, grads[3] * probe_scale))
         if self.use_network:
@@ -295,6 +322,12 @@ class JointSolver:
         self.objective = JointObjective(self.data, self.network, self.settings.loss, self.settings.consistency)
         self.step = JointStep(self.objective, self._build_optimizers(), self.settings.illumination_regularisation,
                               physics.LOSS_CURVATURE[self.settings.loss])
+        optimizers = (self.step.object_optimizer, self.step.probe_optimizer, self.step.network_optimizer)
+        self.hessian_optimizers = [o for o in optimizers if getattr(o, 'needs_hessian', False)]
+        if self.hessian_optimizers:
+            self.hessian_params = [p for o in self.hessian_optimizers for p in o.parameters]
+            self.hessian_product = HessianVectorProduct(_ObjectiveLoss(self.objective), self.hessian_params)
+        self.steps_taken = 0
         self.epoch = 0
         self.errors = np.zeros((n, 3))
         self.history = []
@@ -326,11 +359,18 @@ class JointSolver:
         padded = np.concatenate([order, order[:(-n) % b]])
         return padded.reshape(-1, b)
 
-    def run(self, epochs=1, callback=None):
-        """Train for ``epochs`` passes over all frames; returns the (N, 3) errors of the last.
+    def _refresh_hessian(self, inputs):
+        """New Hutchinson estimates of the Hessian diagonal for the second-order optimizers."""
+        probes = rademacher_like(self.hessian_params, self.rng)
+        products = self.hessian_product(probes, *inputs)
+        first = 0
+        for optimizer in self.hessian_optimizers:
+            count = len(optimizer.parameters)
+            optimizer.refresh_hessian(products[first:first + count], probes[first:first + count])
+            first += count
 
-        ``callback(solver)``, if given, runs after every epoch (for convergence records).
-        """
+    def run(self, epochs=1):
+        """Train for ``epochs`` passes over all frames; returns the (N, 3) errors of the last."""
         start = self.settings.probe_update_start
         if self.network is not None:
             self.network.set_train(True)
@@ -338,9 +378,12 @@ class JointSolver:
             probe_on = Tensor(np.float32(start is not None and self.epoch >= start))
             losses = []
             for batch in self._batches():
-                loss, fourier, photon, exit_error = self.step(
-                    Tensor(self.amplitudes[batch]), Tensor(self.data.intensities[batch]),
-                    Tensor(self.mask[batch]), Tensor(self.indices[batch]), probe_on)
+                inputs = (Tensor(self.amplitudes[batch]), Tensor(self.data.intensities[batch]),
+                          Tensor(self.mask[batch]), Tensor(self.indices[batch]))
+                if self.hessian_optimizers and self.steps_taken % self.settings.hessian_interval == 0:
+                    self._refresh_hessian(inputs)
+                loss, fourier, photon, exit_error = self.step(*inputs, probe_on)
+                self.steps_taken += 1
                 self.errors[batch] = np.stack([fourier.asnumpy(), photon.asnumpy(), exit_error.asnumpy()], 1)
                 losses.append(float(loss.asnumpy()))
             if not all(math.isfinite(x) for x in losses):
@@ -349,9 +392,30 @@ class JointSolver:
             self.epoch += 1
             self.history.append({'epoch': self.epoch, 'time': time.perf_counter(), 'loss': float(np.sum(losses)),
                                  'error': self.errors.mean(0)})
-            if callback is not None:
-                callback(self)
         return self.errors.copy()
+
+    def save_checkpoint(self, path):
+        """Save network, object, probe, every optimizer's state, the epoch and the shuffling RNG state."""
+        ms.save_checkpoint(self.step, path, append_dict={'epoch': self.epoch, 'steps_taken': self.steps_taken,
+                                                         'rng_state': json.dumps(self.rng.bit_generator.state)})
+
+    def load_checkpoint(self, path):
+        """Restore :meth:`save_checkpoint` into this solver; only before it first runs.
+
+        A compiled MindSpore step does not see parameters reloaded after it ran, so
+        resuming always starts from a fresh solver built with the same data and settings.
+        """
+        if self.steps_taken:
+            raise RuntimeError("load_checkpoint needs a fresh solver: this one has already run")
+        state = ms.load_checkpoint(path)
+        missing = [p.name for p in self.step.get_parameters() if p.name not in state] + \
+            [key for key in ('epoch', 'steps_taken', 'rng_state') if key not in state]
+        if missing:
+            raise ValueError(f"checkpoint {path} does not match this solver: it lacks {missing[:5]}")
+        ms.load_param_into_net(self.step, state, strict_load=True)
+        self.epoch = int(state['epoch'].asnumpy())
+        self.steps_taken = int(state['steps_taken'].asnumpy())
+        self.rng.bit_generator.state = json.loads(str(state['rng_state']))
 
     @property
     def object(self):

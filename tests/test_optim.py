@@ -1,0 +1,236 @@
+"""Optimizers against numpy implementations of their papers, HVPs against finite differences."""
+import numpy as np
+import mindspore as ms
+import pytest
+from mindspore import Parameter, Tensor, nn, ops
+
+from ptypy_npu import plugins
+from ptypy_npu.optim import AdaHessian, AdamW, HessianVectorProduct, Lion
+from ptypy_npu.simulate import simulate_scan
+from ptypy_npu.solver import GroupSettings, JointSolver, SolverSettings
+
+RNG = np.random.default_rng(5)
+SHAPES = [(3, 2, 3, 3), (4, 5)]  # a convolution kernel and a matrix
+
+
+def parameters(values):
+    return [Parameter(Tensor(v.astype(np.float32)), name=f'p{k}') for k, v in enumerate(values)]
+
+
+def run_steps(optimizer, params, gradient_sequence, before_step=None):
+    for t, grads in enumerate(gradient_sequence):
+        if before_step is not None:
+            before_step(t)
+        optimizer(tuple(Tensor(g.astype(np.float32)) for g in grads))
+    return [p.asnumpy() for p in params]
+
+
+@pytest.fixture
+def problem():
+    start = [RNG.normal(size=s) for s in SHAPES]
+    grads = [[RNG.normal(size=s) for s in SHAPES] for _ in range(6)]
+    return start, grads
+
+
+def test_lion_matches_the_paper(problem):
+    start, grads = problem
+    lr, (b1, b2), wd = 0.01, (0.9, 0.99), 0.1
+    params = parameters(start)
+    ours = run_steps(Lion(params, lr, (b1, b2), wd), params, grads)
+    for k, p in enumerate(start):
+        m = np.zeros_like(p)
+        for step in grads:
+            g = step[k]
+            p = p - lr * (np.sign(b1 * m + (1 - b1) * g) + wd * p)
+            m = b2 * m + (1 - b2) * g
+        np.testing.assert_allclose(ours[k], p, rtol=1e-5, atol=1e-6)
+
+
+def adam_reference(p, grads_k, curvatures_k, lr, b1, b2, eps, wd, power):
+    m = np.zeros_like(p)
+    s = np.zeros_like(p)
+    for t, (g, c) in enumerate(zip(grads_k, curvatures_k), start=1):
+        m = b1 * m + (1 - b1) * g
+        s = b2 * s + (1 - b2) * c * c
+        p = p - lr * (m / (1 - b1 ** t)) / ((s / (1 - b2 ** t)) ** (power / 2) + eps) - lr * wd * p
+    return p
+
+
+def test_adamw_matches_the_paper_with_bias_correction_and_decoupled_decay(problem):
+    start, grads = problem
+    params = parameters(start)
+    ours = run_steps(AdamW(params, 0.01, (0.9, 0.999), 1e-8, 0.05), params, grads)
+    for k, p in enumerate(start):
+        gk = [step[k] for step in grads]
+        np.testing.assert_allclose(ours[k], adam_reference(p, gk, gk, 0.01, 0.9, 0.999, 1e-8, 0.05, 1.0),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_adahessian_matches_the_paper_with_kernel_averaging_and_hessian_power(problem):
+    start, grads = problem
+    hvps = [[RNG.normal(size=s) for s in SHAPES] for _ in grads]
+    probes = [[RNG.choice([-1.0, 1.0], size=s) for s in SHAPES] for _ in grads]
+    params = parameters(start)
+    optimizer = AdaHessian(params, 0.05, (0.9, 0.99), 1e-4, 0.01, hessian_power=0.5)
+
+    def refresh(t):
+        optimizer.refresh_hessian(tuple(Tensor(h.astype(np.float32)) for h in hvps[t]),
+                                  tuple(Tensor(v.astype(np.float32)) for v in probes[t]))
+
+    ours = run_steps(optimizer, params, grads, before_step=refresh)
+    for k, p in enumerate(start):
+        diagonals = []
+        for t in range(len(grads)):
+            d = np.abs(hvps[t][k] * probes[t][k])
+            if d.ndim == 4:  # spatial averaging over the kernel window
+                d = np.broadcast_to(d.mean(axis=(2, 3), keepdims=True), d.shape)
+            diagonals.append(d)
+        expected = adam_reference(p, [step[k] for step in grads], diagonals, 0.05, 0.9, 0.99, 1e-4, 0.01, 0.5)
+        np.testing.assert_allclose(ours[k], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_mindspore_adam_through_the_hook_matches_kingma_and_ba(problem):
+    """MindSpore's Adam uses the paper's efficient form: lr_t = lr sqrt(1 - b2^t) / (1 - b1^t)."""
+    start, grads = problem
+    params = parameters(start)
+    ours = run_steps(plugins.optimizer_factory('adam')(params, 0.01), params, grads)
+    for k, p in enumerate(start):
+        m = np.zeros_like(p)
+        v = np.zeros_like(p)
+        for t, step in enumerate(grads, start=1):
+            g = step[k]
+            m = 0.9 * m + 0.1 * g
+            v = 0.999 * v + 0.001 * g * g
+            p = p - 0.01 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m / (np.sqrt(v) + 1e-8)
+        np.testing.assert_allclose(ours[k], p, rtol=1e-4, atol=1e-6)
+
+
+class _SmallW1NetLayers(nn.Cell):
+    """W1Net's layer types: strided conv, BatchNorm, transposed conv, tanh.
+
+    A smooth activation stands in for LeakyReLU, whose Hessian is zero almost everywhere
+    and whose kinks break finite differences (the symmetry test in test_networks covers
+    W1Net itself). float32: MindSpore's CPU convolutions have no float64 kernels.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Conv2d(1, 2, 3, stride=2, pad_mode='same', has_bias=False)
+        self.norm = nn.BatchNorm2d(2)
+        self.act = nn.Tanh()
+        self.up = nn.Conv2dTranspose(2, 1, 4, stride=2, pad_mode='same', has_bias=False)
+
+    def construct(self, x, target):
+        y = ops.tanh(self.up(self.act(self.norm(self.down(x)))))
+        return ((y - target) ** 2).sum()
+
+
+def test_hessian_vector_products_match_finite_differences_and_are_symmetric():
+    net = _SmallW1NetLayers()
+    net.set_train(False)
+    weights = net.trainable_params()
+    x = Tensor(RNG.normal(size=(2, 1, 8, 8)).astype(np.float32))
+    target = Tensor(RNG.normal(size=(2, 1, 8, 8)).astype(np.float32))
+    v = tuple(Tensor(RNG.choice([-1.0, 1.0], size=p.shape).astype(np.float32)) for p in weights)
+    u = tuple(Tensor(RNG.choice([-1.0, 1.0], size=p.shape).astype(np.float32)) for p in weights)
+    hvp = HessianVectorProduct(net, weights)
+    hv = [h.asnumpy() for h in hvp(v, x, target)]
+    hu = [h.asnumpy() for h in hvp(u, x, target)]
+    gradient = ms.grad(net, grad_position=None, weights=net.trainable_params())
+    original = [p.asnumpy().copy() for p in weights]
+    h = 1e-3  # small enough not to cross LeakyReLU kinks, large enough for float32
+
+    def grads_at(sign):
+        for p, p0, d in zip(weights, original, v):
+            ops.assign(p, Tensor((p0 + sign * h * d.asnumpy()).astype(np.float32)))  # set_data: stale in graphs
+        return [g.asnumpy().astype(np.float64) for g in gradient(x, target)]
+
+    numeric = [(a - b) / (2 * h) for a, b in zip(grads_at(+1), grads_at(-1))]
+    for p, p0 in zip(weights, original):
+        ops.assign(p, Tensor(p0))
+    for a, b in zip(hv, numeric):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-3 * np.abs(b).max())
+    u_hv = sum(float((a.asnumpy().astype(np.float64) * b).sum()) for a, b in zip(u, hv))
+    v_hu = sum(float((a.asnumpy().astype(np.float64) * b).sum()) for a, b in zip(v, hu))
+    assert u_hv == pytest.approx(v_hu, rel=1e-4)
+
+
+def steps_to_converge(optimizer_factory, scales, steps=2000, tolerance=1e-4):
+    """Steps until an ill-conditioned quadratic 0.5 sum(scales x^2) falls below tolerance * start."""
+    x = Parameter(Tensor(np.ones_like(scales)), name='x')
+    quadratic = Tensor(scales)
+    optimizer = optimizer_factory([x])
+    start = 0.5 * float((scales * 1.0).sum())
+    for step in range(1, steps + 1):
+        if getattr(optimizer, 'needs_hessian', False):
+            probe = Tensor(RNG.choice([-1.0, 1.0], size=scales.shape).astype(np.float32))
+            optimizer.refresh_hessian((quadratic * probe,), (probe,))  # H v of the quadratic
+        optimizer((quadratic * x,))
+        value = 0.5 * float((scales * x.asnumpy() ** 2).sum())
+        if value < tolerance * start:
+            return step
+    return steps + 1
+
+
+def test_lion_and_adahessian_beat_sgd_on_an_ill_conditioned_quadratic():
+    scales = np.logspace(0, 3, 20).astype(np.float32)  # condition number 1000
+    sgd = steps_to_converge(lambda p: nn.SGD(p, learning_rate=1.9 / scales.max()), scales)
+    adahessian = steps_to_converge(lambda p: AdaHessian(p, 0.5, betas=(0.5, 0.5), eps=1e-8), scales)
+    lion = steps_to_converge(lambda p: Lion(p, 0.02, betas=(0.5, 0.9)), scales)
+    assert adahessian < sgd / 10  # measured: SGD 480 steps, AdaHessian 9, Lion 50
+    assert lion < sgd / 3
+
+
+@pytest.mark.parametrize('name', ['adam', 'adamw', 'lion', 'adahessian', 'sgd'])
+def test_each_optimizer_trains_the_network_on_a_physics_loss(name):
+    rates = {'adam': 2e-3, 'adamw': 2e-3, 'lion': 2e-4, 'adahessian': 0.5, 'sgd': 1e-8}
+    data, _ = simulate_scan(frame_size=32, count=16, photons=1e5)
+    settings = SolverSettings(network={'name': 'W1Net', 'depth': 2, 'width': 4, 'binning': 1},
+                              network_group=GroupSettings(name, rates[name]),
+                              object_group=GroupSettings('sgd', 0.0), probe_group=GroupSettings('sgd', 0.0),
+                              consistency=0.0, batch_size=8)
+    solver = JointSolver(data, settings)  # object and probe frozen: only the network learns
+    solver.run(8)
+    losses = [h['loss'] for h in solver.history]
+    assert losses[-1] < 0.9 * losses[0]
+
+
+def test_adahessian_refines_the_object_without_illumination_normalisation():
+    """Slowly: the far-field Hessian is dense within a patch, so |v * Hv| overestimates its diagonal."""
+    data, _ = simulate_scan(frame_size=32, count=16, photons=1e5)
+    settings = SolverSettings(network=None, object_group=GroupSettings('adahessian', 1.0), probe_update_start=None)
+    solver = JointSolver(data, settings)
+    first = solver.run(1)[:, 0].mean()
+    assert solver.run(7)[:, 0].mean() < 0.95 * first
+
+
+@pytest.mark.parametrize('build,message', [
+    (lambda p: Lion(p, -1.0), 'learning_rate must be a finite number >= 0'),
+    (lambda p: Lion(p, 1e-4, betas=(0.9, 1.0)), r'betas must be two numbers in \[0, 1\)'),
+    (lambda p: AdaHessian(p, hessian_power=1.5), r'hessian_power must be in \(0, 1\]'),
+    (lambda p: AdaHessian(p, hessian_power=0.0), r'hessian_power must be in \(0, 1\]'),
+    (lambda p: AdamW(p, betas=(-0.1, 0.9)), r'betas must be two numbers in \[0, 1\)'),
+    (lambda p: plugins.optimizer_factory('nosuch')(p, 1.0), "optimizer: unknown optimizer 'nosuch'"),
+])
+def test_bad_optimizer_settings_name_the_parameter(build, message):
+    with pytest.raises(ValueError, match=message):
+        build(parameters([np.ones(3)]))
+
+
+def test_solver_state_with_optimizer_moments_restores_exactly(tmp_path):
+    data, _ = simulate_scan(frame_size=32, count=16, photons=1e5)
+    settings = SolverSettings(network={'name': 'W1Net', 'depth': 2, 'width': 4, 'binning': 1},
+                              network_group=GroupSettings('lion', 2e-4), object_group=GroupSettings('adahessian', 0.05))
+    uninterrupted = JointSolver(data, settings)
+    uninterrupted.run(3)
+    first = JointSolver(data, settings)
+    first.run(2)
+    first.save_checkpoint(str(tmp_path / 'state.ckpt'))
+    resumed = JointSolver(data, settings)
+    resumed.load_checkpoint(str(tmp_path / 'state.ckpt'))
+    assert resumed.epoch == 2
+    resumed.run(1)
+    np.testing.assert_array_equal(resumed.object, uninterrupted.object)
+    np.testing.assert_array_equal(resumed.probe, uninterrupted.probe)
+    with pytest.raises(RuntimeError, match='fresh solver'):
+        resumed.load_checkpoint(str(tmp_path / 'state.ckpt'))
