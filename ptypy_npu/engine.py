@@ -221,7 +221,7 @@ class W1Net(BaseEngine):
         self.settings.validate()
         select_device(self.settings.device)
 
-    def _scan_data(self):
+    def scan_data(self):
         """The active frames of the single scan as solver arrays, plus their view IDs."""
         if len(self.di.storages) != 1 or len(self.ob.storages) != 1 or len(self.pr.storages) != 1:
             raise NotImplementedError("W1Net handles one scan with one object and one probe storage, found "
@@ -245,7 +245,7 @@ class W1Net(BaseEngine):
 
     def engine_prepare(self):
         """(Re)build the solver from the current containers; keeps trained network weights."""
-        data, self._view_ids = self._scan_data()
+        data, self._view_ids = self.scan_data()
         previous = self.solver
         self.solver = JointSolver(data, self.settings)
         if previous is not None and previous.network is not None:

@@ -172,16 +172,17 @@ BUILTIN_OPTIMIZERS = {'adam': adam, 'adamw': AdamW, 'sgd': sgd, 'lion': Lion, 'a
 class _GradientDot(nn.Cell):
     """``sum_k <grad_k loss(inputs), vector_k>`` over the parameters ``weights``."""
 
-    def __init__(self, loss_cell, weights):
+    def __init__(self, loss_cell, weights, vectors):
         super().__init__()
         self.loss_cell = loss_cell
         self.weights = weights
+        self.vectors = vectors
         self.grad = ops.GradOperation(get_by_list=True)
 
-    def construct(self, vectors, *inputs):
+    def construct(self, *inputs):
         grads = self.grad(self.loss_cell, self.weights)(*inputs)
         total = 0.0
-        for g, v in zip(grads, vectors):
+        for g, v in zip(grads, self.vectors):
             total = total + (g * v).sum()
         return total
 
@@ -189,16 +190,24 @@ class _GradientDot(nn.Cell):
 class HessianVectorProduct(nn.Cell):
     """``H v`` of ``loss_cell(*inputs)`` with respect to ``weights``, by double backpropagation.
 
-    ``construct(vectors, *inputs)`` takes one vector per weight (a tuple of tensors shaped
-    like the weights) and returns the tuple ``H v``. Runs in graph mode only (MindSpore's
-    PyNative second-order gradients are unreliable); AdaHessian's Hutchinson estimate uses it.
+    The vectors v (one per weight, shaped like it) live in parameters set by
+    :meth:`set_vectors`, so new vectors reuse the compiled graph (new tensor arguments
+    each call would recompile it). ``construct(*inputs)`` returns the tuple ``H v``. Runs
+    in graph mode only (MindSpore's PyNative second-order gradients are unreliable);
+    AdaHessian's Hutchinson estimate uses it.
     """
 
     def __init__(self, loss_cell, weights):
         super().__init__()
         self.weights = ms.ParameterTuple(weights)
-        self.gradient_dot = _GradientDot(loss_cell, self.weights)
+        self.vectors = self.weights.clone(prefix='hvp_vector', init='zeros')
+        self.gradient_dot = _GradientDot(loss_cell, self.weights, self.vectors)
         self.grad = ops.GradOperation(get_by_list=True)
 
-    def construct(self, vectors, *inputs):
-        return self.grad(self.gradient_dot, self.weights)(vectors, *inputs)
+    def set_vectors(self, vectors):
+        """Use ``vectors`` (tensors shaped like the weights) in the next products."""
+        for stored, vector in zip(self.vectors, vectors):
+            ops.assign(stored, vector)
+
+    def construct(self, *inputs):
+        return self.grad(self.gradient_dot, self.weights)(*inputs)

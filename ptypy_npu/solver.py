@@ -362,7 +362,8 @@ class JointSolver:
     def _refresh_hessian(self, inputs):
         """New Hutchinson estimates of the Hessian diagonal for the second-order optimizers."""
         probes = rademacher_like(self.hessian_params, self.rng)
-        products = self.hessian_product(probes, *inputs)
+        self.hessian_product.set_vectors(probes)
+        products = self.hessian_product(*inputs)
         first = 0
         for optimizer in self.hessian_optimizers:
             count = len(optimizer.parameters)

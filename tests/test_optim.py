@@ -134,8 +134,10 @@ def test_hessian_vector_products_match_finite_differences_and_are_symmetric():
     v = tuple(Tensor(RNG.choice([-1.0, 1.0], size=p.shape).astype(np.float32)) for p in weights)
     u = tuple(Tensor(RNG.choice([-1.0, 1.0], size=p.shape).astype(np.float32)) for p in weights)
     hvp = HessianVectorProduct(net, weights)
-    hv = [h.asnumpy() for h in hvp(v, x, target)]
-    hu = [h.asnumpy() for h in hvp(u, x, target)]
+    hvp.set_vectors(v)
+    hv = [h.asnumpy() for h in hvp(x, target)]
+    hvp.set_vectors(u)
+    hu = [h.asnumpy() for h in hvp(x, target)]
     gradient = ms.grad(net, grad_position=None, weights=net.trainable_params())
     original = [p.asnumpy().copy() for p in weights]
     h = 1e-3  # small enough not to cross LeakyReLU kinks, large enough for float32

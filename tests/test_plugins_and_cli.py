@@ -99,3 +99,12 @@ def test_cli_solves_a_simulated_scan_and_never_overwrites(tmp_path, capsys):
 def test_cli_reports_a_bad_setting_by_name(tmp_path, capsys):
     assert cli.main(['solve', '--simulate', '--network', 'NoSuchNet', '--out', str(tmp_path / 'r.h5')]) == 2
     assert "network.name: unknown network 'NoSuchNet'" in capsys.readouterr().err
+
+
+def test_missing_mindspore_is_reported_with_the_install_command(monkeypatch):
+    from ptypy_npu import builtin
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name: None if name == 'mindspore' else real(name))
+    for hook in (builtin.ptypy_npu_networks, builtin.ptypy_npu_optimizers):
+        with pytest.raises(ImportError, match=r"needs MindSpore 2.10.*pip install 'mindspore>=2.10,<2.11'"):
+            hook()

@@ -1,0 +1,114 @@
+"""Adam, AdamW, Lion and AdaHessian side by side on the W1Net engine's joint step.
+
+    ONEDNN_MAX_CPU_ISA=AVX2 GLOG_v=3 python benchmarks/optimizers.py [--epochs 40]
+
+1. Step cost: each optimizer trains the network group of the default joint step
+   (network on, 128-px frames, batch 8) on a simulated scan, in its own process, so its
+   peak memory (max RSS) is its own. Prints ms per step and the ratio to Adam.
+   Targets: Lion <= 1.0x Adam, AdaHessian <= 2.5x Adam.
+2. Convergence on MoonFlowerScan (needs PtyPy): each optimizer refines object and probe
+   (network off, so the object error measures the optimizer, not the network), from
+   PtyPy's initial object and probe; prints the epochs and wall time each needs to reach
+   a common object error, beside the default illumination-normalised SGD.
+   Target: Lion or AdaHessian reaches it in less wall time than Adam.
+"""
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+OPTIMIZERS = ('adam', 'adamw', 'lion', 'adahessian')
+#: Network learning rates (Lion's sign steps want a smaller one; AdaHessian's is Newton-like).
+NETWORK_RATES = {'adam': 2e-3, 'adamw': 2e-3, 'lion': 2e-4, 'adahessian': 0.5}
+#: (object, probe) learning rates; the probe's are scaled by its amplitude (~1e2 photons^0.5).
+OBJECT_PROBE_RATES = {'sgd': (1.5, 1.0), 'adam': (0.02, 2.0), 'adamw': (0.02, 2.0), 'lion': (0.005, 0.5),
+                      'adahessian': (1.0, 1.0)}
+
+
+def step_cost(name, epochs=3):
+    """Worker: ms per joint step with ``name`` on the network group, and this process's peak RSS."""
+    from ptypy_npu.simulate import simulate_scan
+    from ptypy_npu.solver import GroupSettings, JointSolver, SolverSettings
+    data, _ = simulate_scan(frame_size=128, count=64, photons=1e7)
+    settings = SolverSettings(network_group=GroupSettings(name, NETWORK_RATES[name]))
+    solver = JointSolver(data, settings)
+    solver.run(1)  # compile
+    start = time.perf_counter()
+    solver.run(epochs)
+    steps = epochs * int(np.ceil(len(data.positions) / settings.batch_size))
+    return {'ms_per_step': 1e3 * (time.perf_counter() - start) / steps,
+            'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def convergence(epochs, target):
+    """Epochs and wall time each optimizer (object and probe groups) needs to reach ``target``."""
+    from ptypy import utils as u
+    from ptypy.core import Ptycho
+    from ptypy_npu.engine import W1Net
+    from ptypy_npu.metrics import registered_error
+    from ptypy_npu.moonflower import moonflower_scan, true_object, use_structured_object
+    from ptypy_npu.solver import GroupSettings, JointSolver, SolverSettings
+    use_structured_object()
+    np.random.seed(1)
+    p = u.Param(verbose_level='critical', io=u.Param(rfile=None, autosave=u.Param(active=False),
+                                                     interaction=u.Param(active=False)))
+    p.scans = u.Param(MF=moonflower_scan(frames=200, shape=128, photons=1e8))
+    p.engines = u.Param()
+    P = Ptycho(p, level=3)
+    P.runtime.iter_info = []
+    engine = W1Net(P, u.Param(name='W1Net'))
+    engine.initialize()
+    data, _ = engine.scan_data()
+    truth, region = true_object(P)
+    results = {}
+    for name, (object_rate, probe_rate) in OBJECT_PROBE_RATES.items():
+        settings = SolverSettings(network=None, object_group=GroupSettings(name, object_rate),
+                                  probe_group=GroupSettings(name, probe_rate))
+        solver = JointSolver(data, settings)
+        elapsed, reached, best = 0.0, None, 1.0
+        for epoch in range(1, epochs + 1):
+            tick = time.perf_counter()
+            solver.run(1)
+            elapsed += time.perf_counter() - tick
+            best = min(best, registered_error(solver.object, truth, region))
+            if reached is None and best <= target:
+                reached = (epoch, elapsed)
+                break
+        results[name] = {'reached': reached, 'best_error': best, 'time': elapsed}
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--worker', help=argparse.SUPPRESS)
+    parser.add_argument('--epochs', type=int, default=40, help='epoch budget of the convergence part')
+    parser.add_argument('--target', type=float, default=0.15, help='common object error to reach')
+    parser.add_argument('--skip-convergence', action='store_true')
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(step_cost(args.worker)))
+        return
+    costs = {}
+    for name in OPTIMIZERS:
+        out = subprocess.run([sys.executable, __file__, '--worker', name], capture_output=True, text=True, check=True)
+        costs[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    print("== joint W1Net step (network group), 128-px frames, batch 8 ==")
+    print(f"{'optimizer':12s} {'ms/step':>8s} {'x Adam':>7s} {'peak RSS MB':>12s}")
+    for name, c in costs.items():
+        print(f"{name:12s} {c['ms_per_step']:8.1f} {c['ms_per_step'] / costs['adam']['ms_per_step']:7.2f} "
+              f"{c['peak_rss_mb']:12.0f}")
+    if args.skip_convergence:
+        return
+    results = convergence(args.epochs, args.target)
+    print(f"\n== MoonFlowerScan, object + probe groups, network off: epochs/time to object error {args.target} ==")
+    for name, r in results.items():
+        reached = f"{r['reached'][0]:4d} epochs {r['reached'][1]:7.1f} s" if r['reached'] else 'not reached'
+        print(f"{name:12s} {reached:>24s}   best error {r['best_error']:.4f}")
+
+
+if __name__ == '__main__':
+    main()
