@@ -78,19 +78,29 @@ def registered_error(estimate, truth, region=None, upsample=20):
     def centred(image):
         return image - np.sum(image * weights) / weights.sum()
 
+    def error_after(shift, slopes):
+        aligned = shift_image(estimate * np.conj(phase_ramp(truth.shape, slopes)), shift)
+        scale = np.sum(weights * np.conj(aligned) * truth) / np.sum(weights * np.abs(aligned) ** 2)
+        residual = weights * np.abs(scale * aligned - truth) ** 2
+        return float(np.sqrt(residual.sum() / np.sum(weights * np.abs(truth) ** 2)))
+
     # Only the truth is windowed: a window on both sides would correlate best with itself, at zero
     # shift. A ramp blurs the correlation peak and a shift biases the ramp, so the two are refined in
-    # turn, and the shift is always applied to the ramp-free estimate (a shifted ramp rings at the edges).
+    # turn, the shift always applied to the ramp-free estimate (a shifted ramp rings at the edges).
+    # The error is a minimum over these transformations, so every candidate may be tried: each round
+    # keeps the better of its ramp fit and no further ramp (badly lit edge pixels with large junk
+    # amplitudes can pull the fit away).
     slopes = np.zeros(2)
+    errors = [error_after(np.zeros(2), slopes)]  # the identity is one of the transformations
     for _ in range(REGISTRATION_ROUNDS):
         deramped = estimate * np.conj(phase_ramp(truth.shape, slopes))
         shift = find_shift(centred(deramped), centred(truth) * weights, upsample)
-        slopes = slopes + phase_ramp_slopes(shift_image(deramped, shift), truth, weights)
-    aligned = shift_image(estimate * np.conj(phase_ramp(truth.shape, slopes)), shift)
-    aligned = aligned * np.conj(phase_ramp(truth.shape, phase_ramp_slopes(aligned, truth, weights)))
-    scale = np.sum(weights * np.conj(aligned) * truth) / np.sum(weights * np.abs(aligned) ** 2)
-    residual = weights * np.abs(scale * aligned - truth) ** 2
-    return float(np.sqrt(residual.sum() / np.sum(weights * np.abs(truth) ** 2)))
+        candidates = [slopes, slopes + phase_ramp_slopes(shift_image(deramped, shift), truth, weights)]
+        scored = [(error_after(shift, c), k) for k, c in enumerate(candidates)]
+        best_error, best = min(scored)
+        slopes = candidates[best]
+        errors.append(best_error)
+    return min(errors)
 
 
 def illuminated_region(probe, positions, object_shape, threshold=0.1):

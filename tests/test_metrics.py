@@ -52,3 +52,15 @@ def test_illuminated_region_covers_the_scanned_area():
     expected = np.zeros((8, 10), bool)
     expected[:4, :8] = True
     np.testing.assert_array_equal(region, expected)
+
+
+def test_junk_at_the_edge_of_the_region_cannot_bias_the_registration(truth, region):
+    """Badly lit edge pixels may hold large random values; the ramp fit must not follow them."""
+    rng = np.random.default_rng(4)
+    estimate = truth.copy()
+    edge = region & ~np.pad(np.ones((56, 56), bool), 20)
+    estimate[edge] = 1.5 * np.exp(2j * np.pi * rng.random(edge.sum())) * np.exp(0.3j * np.arange(edge.sum()))
+    weights = region.astype(float)
+    scale = np.sum(weights * np.conj(estimate) * truth) / np.sum(weights * np.abs(estimate) ** 2)
+    unregistered = np.sqrt(np.sum(weights * np.abs(scale * estimate - truth) ** 2) / np.sum(weights * np.abs(truth) ** 2))
+    assert registered_error(estimate, truth, region) <= unregistered + 1e-9
