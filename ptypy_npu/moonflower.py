@@ -7,7 +7,7 @@ scan simulated back onto the reconstruction's pixel grid for ground-truth scorin
 """
 import numpy as np
 
-from .metrics import illuminated_region, registered_error
+from .metrics import illuminated_region
 
 #: matplotlib sample photograph the object is made from.
 SAMPLE_IMAGE = 'grace_hopper.jpg'
