@@ -8,6 +8,10 @@ import numpy as np
 
 #: Alternations of phase-ramp removal and shift registration in :func:`registered_error`.
 REGISTRATION_ROUNDS = 3
+#: Largest shift (px per axis) :func:`registered_error` looks for; the probe/object trade-off
+#: moves a reconstruction by a few pixels, while wider correlation peaks come from the
+#: unlit border (still the initial guess) when the object's scale has drifted.
+REGISTRATION_MAX_SHIFT = 16
 
 
 def _upsampled_dft(spectrum, upsample, region, offsets):
@@ -20,14 +24,17 @@ def _upsampled_dft(spectrum, upsample, region, offsets):
     return kernel_rows @ spectrum @ kernel_cols, rows, cols
 
 
-def find_shift(moving, reference, upsample=20):
+def find_shift(moving, reference, upsample=20, max_shift=None):
     """Shift (dy, dx) in pixels, to 1/upsample px, that best aligns ``moving`` onto ``reference``.
 
     Peak of the cross-correlation (Guizar-Sicairos et al., Opt. Lett. 33, 156 (2008)):
-    integer peak first, then an upsampled DFT around it.
+    integer peak first, within ``max_shift`` px per axis if given, then an upsampled DFT around it.
     """
     cross_power = np.fft.fft2(reference) * np.conj(np.fft.fft2(moving))
     correlation = np.abs(np.fft.ifft2(cross_power))
+    if max_shift is not None:
+        lags = [np.abs(np.fft.fftfreq(n) * n) for n in correlation.shape]  # |lag| of each index, px
+        correlation = correlation * ((lags[0][:, None] <= max_shift) & (lags[1][None, :] <= max_shift))
     peak = np.array(np.unravel_index(np.argmax(correlation), correlation.shape), dtype=float)
     shape = np.array(correlation.shape)
     peak[peak > shape // 2] -= shape[peak > shape // 2]
@@ -62,7 +69,8 @@ def phase_ramp(shape, slopes):
 def registered_error(estimate, truth, region=None, upsample=20):
     """Normalised RMS error ``||c T(estimate) - truth|| / ||truth||`` over ``region``.
 
-    T removes the sub-pixel shift (found by correlating with the truth over ``region``) and
+    T removes the sub-pixel shift (found by correlating with the truth over ``region``, up to
+    :data:`REGISTRATION_MAX_SHIFT` px) and
     the linear phase ramp, and c is the best global complex factor (global phase and the
     probe/object scale). ``estimate`` and ``truth`` are complex (H, W) on the same pixel
     grid; ``region`` is a bool (H, W) of the pixels to score (e.g. :func:`illuminated_region`),
@@ -94,7 +102,7 @@ def registered_error(estimate, truth, region=None, upsample=20):
     errors = [error_after(np.zeros(2), slopes)]  # the identity is one of the transformations
     for _ in range(REGISTRATION_ROUNDS):
         deramped = estimate * np.conj(phase_ramp(truth.shape, slopes))
-        shift = find_shift(centred(deramped), centred(truth) * weights, upsample)
+        shift = find_shift(centred(deramped), centred(truth) * weights, upsample, REGISTRATION_MAX_SHIFT)
         candidates = [slopes, slopes + phase_ramp_slopes(shift_image(deramped, shift), truth, weights)]
         scored = [(error_after(shift, c), k) for k, c in enumerate(candidates)]
         best_error, best = min(scored)
