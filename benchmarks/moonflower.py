@@ -85,6 +85,12 @@ def error_at(curve, seconds):
     return min(reached) if reached else None
 
 
+def error_when_stopped(curve, seconds):
+    """Object error of the last sample within ``seconds``: what a user stopping then holds."""
+    reached = [e for t, _, e in curve if t <= seconds]
+    return reached[-1] if reached else None
+
+
 def ratio(value, reference):
     return '-' if value is None else f"{value / reference:.2f}"
 
@@ -103,9 +109,11 @@ def report(case_name, case, results):
               f"{'-' if at_dm is None else f'{at_dm:.4f}':>9s}")
     on, off = results.get('W1Net'), results.get('W1Net-physics-only')
     if on and off:
-        print("network on vs off at equal wall time (best object error so far):")
+        print("network on vs off at equal wall time (object error when stopped there; best so far):")
         for seconds in sorted({round(dm['time'], 1), round(min(on['time'], off['time']), 1)}):
-            print(f"  t = {seconds:6.1f} s: on {error_at(on['curve'], seconds)}, off {error_at(off['curve'], seconds)}")
+            print(f"  t = {seconds:6.1f} s: on {error_when_stopped(on['curve'], seconds):.4f} "
+                  f"({error_at(on['curve'], seconds):.4f}), off {error_when_stopped(off['curve'], seconds):.4f} "
+                  f"({error_at(off['curve'], seconds):.4f})")
 
 
 def main():

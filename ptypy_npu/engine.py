@@ -6,12 +6,16 @@ needs PtyPy. Each ``prepare`` turns the active views of the single scan into a
 the scan's propagator factors); each ``iterate`` trains and writes object and probe back
 into PtyPy's storages, so chaining with DM/ePIE/ML, autosave and ``.ptyr`` output work.
 """
+import dataclasses
+import os
+
 import numpy as np
 from ptypy.core.manager import BlockFull, BlockVanilla, Full, Vanilla
 from ptypy.engines.base import BaseEngine
 from ptypy.utils import parallel
 from ptypy.utils.verbose import logger
 
+from .networks import copy_weights, network_weights
 from .solver import GroupSettings, JointSolver, ScanData, SolverSettings, select_device
 
 __all__ = ['W1Net']
@@ -41,7 +45,7 @@ class W1Net(BaseEngine):
     help = Not applied by this engine (kept None)
 
     [batch_size]
-    default = 8
+    default = 4
     type = int
     lowlim = 1
     help = Frames per optimisation step
@@ -53,13 +57,19 @@ class W1Net(BaseEngine):
     choices = ['gaussian', 'poisson']
 
     [consistency]
-    default = 0.1
+    default = 4.0
     type = float
     lowlim = 0.0
-    help = Weight of the exit-wave consistency term between network patches and the object
+    help = Weight of the prior tying object and network patches, in object units (fades at high dose)
+
+    [network_consistency]
+    default = 1.0
+    type = float
+    lowlim = 0.0
+    help = Weight of the pull of the network toward the object's patches, in photons (the object teaches the network)
 
     [illumination_regularisation]
-    default = 0.05
+    default = 0.1
     type = float
     lowlim = 0.0
     help = Delta in the object/probe step normaliser 1 / (w + delta max w)
@@ -85,6 +95,12 @@ class W1Net(BaseEngine):
     type = int
     lowlim = 1
     help = Channels of the first encoder stage
+
+    [network.start]
+    default = 30
+    type = int
+    lowlim = 0
+    help = Epochs of physics-only refinement (object and probe) before the network joins
 
     [network.binning]
     default = 2
@@ -165,6 +181,12 @@ class W1Net(BaseEngine):
     lowlim = 0
     help = Epochs before the probe is refined; None keeps the probe fixed
 
+    [max_divergences]
+    default = 3
+    type = int
+    lowlim = 0
+    help = Rollbacks of a diverging epoch (NaN/Inf; learning rates halved each time) before the engine stops
+
     [hessian_interval]
     default = 1
     type = int
@@ -182,6 +204,48 @@ class W1Net(BaseEngine):
     type = str
     help = MindSpore device target
     choices = ['CPU', 'GPU', 'Ascend']
+
+    [checkpoint]
+    default = Param
+    type = Param
+    help = Full training state on disk (network, object, probe, optimizer states, epoch, RNG state)
+
+    [checkpoint.path]
+    default = None
+    type = str, None
+    help = File (.ckpt) written atomically every checkpoint.interval epochs; an existing one is never replaced unless resumed from
+
+    [checkpoint.interval]
+    default = 10
+    type = int
+    lowlim = 1
+    help = Epochs between checkpoints
+
+    [checkpoint.resume]
+    default = False
+    type = bool
+    help = Start from checkpoint.path when it exists (same scan and settings); the run then ends as an uninterrupted one would
+
+    [mode]
+    default = train
+    type = str
+    help = 'train' (the network from scratch or from model.load), 'infer' (stitch the patches a loaded model predicts into the object, no training; one iteration suffices), 'finetune' (load, then train with the network from the first epoch)
+    choices = ['train', 'infer', 'finetune']
+
+    [model]
+    default = Param
+    type = Param
+    help = Trained models on disk (directories written by model.save or `ptypy-npu train`)
+
+    [model.load]
+    default = None
+    type = str, None
+    help = Model directory to start from; modes infer and finetune need one
+
+    [model.save]
+    default = None
+    type = str, None
+    help = Model directory to write when the engine finishes; an existing one is never replaced
     """
 
     SUPPORTED_MODELS = [Full, Vanilla, BlockFull, BlockVanilla]
@@ -193,7 +257,9 @@ class W1Net(BaseEngine):
         self.p.update(pars, in_place_depth=3)
         self.solver = None
         self.settings = None
+        self.model = None
         self._view_ids = None
+        self._inferred_errors = None
 
     def _solver_settings(self):
         p = self.p
@@ -206,11 +272,11 @@ class W1Net(BaseEngine):
             return GroupSettings(tree.optimizer, tree.learning_rate, options)
 
         return SolverSettings(
-            network=network, network_group=group(p.network_update), object_group=group(p.object_update),
+            network=network, network_start=p.network.start, network_group=group(p.network_update), object_group=group(p.object_update),
             probe_group=group(p.probe_update),
-            batch_size=p.batch_size, loss=p.loss, consistency=p.consistency,
+            batch_size=p.batch_size, loss=p.loss, consistency=p.consistency, network_consistency=p.network_consistency,
             probe_update_start=p.probe_update.start,
-            illumination_regularisation=p.illumination_regularisation, hessian_interval=p.hessian_interval,
+            illumination_regularisation=p.illumination_regularisation, hessian_interval=p.hessian_interval, max_divergences=p.max_divergences,
             seed=p.seed, device=p.device)
 
     def engine_initialize(self):
@@ -220,6 +286,25 @@ class W1Net(BaseEngine):
         self.settings = self._solver_settings()
         self.settings.validate()
         select_device(self.settings.device)
+        load, save = self.p.model.load, self.p.model.save
+        if self.p.mode in ('infer', 'finetune') and load is None:
+            raise ValueError(f"mode {self.p.mode!r} needs a trained model: set model.load to a model directory")
+        if load is not None:
+            from .models import load_model
+            try:
+                self.model = load_model(load)
+            except (OSError, ValueError) as error:
+                raise ValueError(f"model.load: {error}") from error
+        checkpoint = self.p.checkpoint.path
+        if checkpoint is not None and not str(checkpoint).endswith('.ckpt'):
+            raise ValueError(f"checkpoint.path must end in .ckpt, got {checkpoint!r}")
+        if checkpoint is not None and os.path.exists(checkpoint) and not self.p.checkpoint.resume:
+            raise FileExistsError(f"checkpoint.path: {checkpoint} exists; set checkpoint.resume = True to "
+                                  "continue from it, or choose another path")
+        if save is not None and os.path.exists(save):
+            raise FileExistsError(f"model.save: {save} exists; W1Net never replaces a model, choose another path")
+        if save is not None and (self.p.mode == 'infer' or self.settings.network is None and load is None):
+            raise ValueError("model.save: nothing to save (mode 'infer' or network.name None trains no network)")
 
     def scan_data(self):
         """The active frames of the single scan as solver arrays, plus their view IDs."""
@@ -235,29 +320,67 @@ class W1Net(BaseEngine):
             raise NotImplementedError("W1Net supports a single object mode")
         obj_storage = next(iter(self.ob.storages.values()))
         probe_storage = next(iter(self.pr.storages.values()))
-        propagator = pods[0].geometry.propagator
+        geo = pods[0].geometry
+        geometry = {'wavelength': float(geo.lam), 'distance': float(geo.distance),
+                    'detector_pixel': float(np.ravel(geo.psize)[0]), 'object_pixel': float(np.ravel(geo.resolution)[0])}
         data = ScanData(intensities=np.stack([v.data for v in views]),
                         mask=np.stack([pod.ma_view.data for pod in pods]).astype(bool),
                         positions=np.array([pod.ob_view.dlow for pod in pods]),
                         probe=probe_storage.data, obj=obj_storage.data[0],
-                        propagator=(propagator.pre_fft, propagator.post_fft))
+                        propagator=(geo.propagator.pre_fft, geo.propagator.post_fft), geometry=geometry)
         return data.validate(), [v.ID for v in views]
 
     def engine_prepare(self):
-        """(Re)build the solver from the current containers; keeps trained network weights."""
+        """(Re)build the solver from the current containers; keeps trained or loaded network weights."""
         data, self._view_ids = self.scan_data()
-        previous = self.solver
-        self.solver = JointSolver(data, self.settings)
-        if previous is not None and previous.network is not None:
-            import mindspore as ms
-            ms.load_param_into_net(self.solver.network, previous.network.parameters_dict())
+        settings, input_scale, weights = self.settings, None, None
+        if self.model is not None:
+            try:
+                self.model.check(data)
+            except ValueError as error:
+                raise ValueError(f"model.load: {error}") from error
+            settings = dataclasses.replace(settings, network=dict(self.model.sidecar['network']))
+            settings.network_start = 0 if self.p.mode == 'finetune' else settings.network_start
+            input_scale, weights = self.model.sidecar['input']['scale'], network_weights(self.model.network)
+        if self.p.mode == 'infer':
+            obj = self.model.reconstruct(data)
+            self.solver = JointSolver(dataclasses.replace(data, obj=obj), dataclasses.replace(settings, network=None))
+            self._inferred_errors = None
+            return
+        if self.solver is not None and self.solver.network is not None:
+            weights = network_weights(self.solver.network)
+        self.solver = JointSolver(data, settings, input_scale=input_scale)
+        if weights is not None:
+            copy_weights(weights, self.solver.network)
+        checkpoint = self.p.checkpoint.path
+        if self.p.checkpoint.resume and checkpoint is not None and os.path.exists(checkpoint):
+            try:
+                self.solver.load_checkpoint(checkpoint)
+            except (ValueError, RuntimeError) as error:
+                raise ValueError(f"checkpoint.path: {error}") from error
+            self.curiter = self.solver.epoch
+            logger.info(f"W1Net: resumed from {checkpoint} at epoch {self.curiter}")
         logger.info(f"W1Net: {len(self._view_ids)} frames, object {data.obj.shape}, "
                     f"{data.probe.shape[0]} probe mode(s), network {self.settings.network}")
 
     def engine_iterate(self, num=1):
-        errors = self.solver.run(num)
+        if self.p.mode == 'infer':  # the stitched object is final: report its errors
+            if self._inferred_errors is None:
+                self._inferred_errors = self.solver.evaluate()
+                self._write_back()
+            self.curiter += num
+            return dict(zip(self._view_ids, self._inferred_errors))
+        try:
+            errors = self.solver.run(num)
+        except FloatingPointError:
+            self._write_back()  # the solver restored the last good state: PtyPy keeps it, never NaNs
+            raise
         self._write_back()
         self.curiter += num
+        checkpoint = self.p.checkpoint.path
+        if checkpoint is not None and (self.solver.epoch % self.p.checkpoint.interval == 0 or
+                                       self.curiter >= self.numiter):
+            self.solver.save_checkpoint(checkpoint)
         return dict(zip(self._view_ids, errors))
 
     def _write_back(self):
@@ -267,6 +390,10 @@ class W1Net(BaseEngine):
         probe_storage.data[:] = self.solver.probe.astype(probe_storage.dtype)
 
     def engine_finalize(self):
-        """Object and probe are already in PtyPy's storages; release the solver."""
+        """Object and probe are already in PtyPy's storages; save the model if asked; release the solver."""
         self._write_back()
+        if self.p.model.save is not None:
+            from .models import save_model
+            save_model(self.p.model.save, self.solver)
+            logger.info(f"W1Net: saved the trained network to {self.p.model.save}")
         self.solver = None

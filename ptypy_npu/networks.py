@@ -11,7 +11,8 @@ convolutions, transposed convolutions, BatchNorm, LeakyReLU/Tanh): no pooling, n
 """
 import math
 
-from mindspore import nn, ops
+import numpy as np
+from mindspore import Tensor, nn, ops
 
 #: Frame sizes (detector pixels per side) the built-in networks are designed for.
 FRAME_SIZES = (64, 128, 256)
@@ -25,6 +26,53 @@ def _conv_block(in_channels, out_channels, stride):
 def _upsample_block(in_channels, out_channels):
     return [nn.Conv2dTranspose(in_channels, out_channels, 4, stride=2, pad_mode='same', has_bias=False),
             nn.BatchNorm2d(out_channels), nn.LeakyReLU(0.2)]
+
+
+def network_input(intensities, scale):
+    """The networks' input (N, 1, H, W) float32: ``log1p(I) / scale`` of intensities (N, H, W).
+
+    The logarithm compresses the dynamic range of diffraction; ``scale`` is the maximum of
+    ``log1p(I)`` over the training scan and travels with a trained model, so new scans are
+    normalised as the training scan was.
+    """
+    return (np.log1p(np.asarray(intensities, np.float32)) / scale)[:, None].astype(np.float32)
+
+
+def predict_patches(network, inputs, batch_size=64):
+    """Complex object patches (N, H, W) that ``network`` predicts from ``inputs`` (N, 1, H, W).
+
+    Inference mode (BatchNorm's running statistics), so a frame's patch does not depend on
+    the other frames of its batch; batches have one fixed shape (the last is padded), so
+    one compiled graph serves them all.
+    """
+    network.set_train(False)
+    n = len(inputs)
+    padded = np.concatenate([inputs, np.repeat(inputs[-1:], (-n) % batch_size, axis=0)])
+    patches = []
+    for start in range(0, len(padded), batch_size):
+        log_amplitude, phase = network(Tensor(padded[start:start + batch_size]))
+        patches.append(np.exp(log_amplitude.asnumpy() + 1j * phase.asnumpy()))
+    return np.concatenate(patches)[:n]
+
+
+def network_weights(network):
+    """{name relative to ``network``: Parameter} of all its weights and BatchNorm statistics.
+
+    Relative names stay the same wherever the network is attached (a Parameter's own name
+    gains the prefix of the cell that holds it), so they pair the weights of two networks.
+    """
+    return dict(network.parameters_and_names())
+
+
+def copy_weights(values, network):
+    """Set ``network``'s weights from ``values`` ({relative name: Tensor or array}); all must be given."""
+    weights = network_weights(network)
+    missing = sorted(set(weights) - set(values))
+    if missing:
+        raise ValueError(f"weights for {type(network).__name__} lack {missing[:5]}")
+    for name, param in weights.items():
+        value = values[name]
+        ops.assign(param, value if isinstance(value, Tensor) else Tensor(value))
 
 
 def bin_frames(amplitudes, binning):

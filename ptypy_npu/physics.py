@@ -67,8 +67,9 @@ class FarfieldPropagator(nn.Cell):
         self.post_im = Tensor(post.imag.astype(dtype))
         self.to_complex = ops.Complex()
 
-    def _transform(self, re, im):
-        re, im = complex_multiply(re, im, self.pre_re, self.pre_im)
+    def _transform(self, re, im, pre_applied=False):
+        if not pre_applied:
+            re, im = complex_multiply(re, im, self.pre_re, self.pre_im)
         spectrum = ops.fft2(self.to_complex(re, im), norm='ortho')
         return ops.real(spectrum), ops.imag(spectrum)
 
@@ -77,9 +78,12 @@ class FarfieldPropagator(nn.Cell):
         re, im = self._transform(re, im)
         return complex_multiply(re, im, self.post_re, self.post_im)
 
-    def intensity(self, re, im):
-        """Far-field intensity |F|^2 of exit waves (..., H, W); ``post`` has unit modulus and drops out."""
-        re, im = self._transform(re, im)
+    def intensity(self, re, im, pre_applied=False):
+        """Far-field intensity |F|^2 of exit waves (..., H, W); ``post`` has unit modulus and drops out.
+
+        ``pre_applied``: the waves already carry the ``pre`` factor (see :class:`PtychoForward`).
+        """
+        re, im = self._transform(re, im, pre_applied)
         return re * re + im * im
 
 
@@ -102,8 +106,10 @@ class PtychoForward(nn.Cell):
                                 self.expand(probe_re, 0), self.expand(probe_im, 0))
 
     def construct(self, probe_re, probe_im, patch_re, patch_im):
+        # pre * (P O) = (pre P) O: the factor is applied to the M probe modes, not the B x M exit waves
+        probe_re, probe_im = complex_multiply(probe_re, probe_im, self.propagator.pre_re, self.propagator.pre_im)
         exit_re, exit_im = self.exit_waves(probe_re, probe_im, patch_re, patch_im)
-        return self.propagator.intensity(exit_re, exit_im).sum(axis=1)
+        return self.propagator.intensity(exit_re, exit_im, pre_applied=True).sum(axis=1)
 
 
 def poisson_nll(model_intensity, measured_intensity, mask):
@@ -135,15 +141,18 @@ LOSSES = {'gaussian': gaussian_amplitude, 'poisson': poisson_nll}
 LOSS_CURVATURE = {'gaussian': 2.0, 'poisson': 4.0}
 
 
-def fourier_and_photon_errors(model_intensity, measured_intensity, mask):
+def fourier_and_photon_errors(model_intensity, measured_intensity, mask, amplitude_misfit=None):
     """PtyPy's per-frame Fourier magnitude and photon errors, each (B,).
 
     Fourier error: ``sum mask (|F| - sqrt(I))^2 / sum mask`` (DM's ``err_fourier``);
     photon error: ``sum mask (I_model - I)^2 / (I + 1) / (H W)`` (DM's ``err_phot``).
+    ``amplitude_misfit``: :func:`gaussian_amplitude` of these intensities if already computed.
     """
     pixels = model_intensity.shape[-1] * model_intensity.shape[-2]
     mask_sum = ops.maximum(mask.sum(axis=(-2, -1)), 1.0)
-    fourier = gaussian_amplitude(model_intensity, measured_intensity, mask) / mask_sum
+    if amplitude_misfit is None:
+        amplitude_misfit = gaussian_amplitude(model_intensity, measured_intensity, mask)
+    fourier = amplitude_misfit / mask_sum
     photon = (mask * ops.square(model_intensity - measured_intensity)
               / (measured_intensity + 1.0)).sum(axis=(-2, -1)) / pixels
     return fourier, photon

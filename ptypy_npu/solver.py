@@ -8,10 +8,12 @@ Per minibatch of frames the compiled step evaluates
 
 * the data term of the object: ``ell(I_j, |F(P O_j)|^2)`` for each frame j, where O_j is
   the object patch under frame j and ``ell`` is the Gaussian-amplitude or Poisson loss;
-* with a network N: its own data term ``ell(I_j, |F(P N(d_j))|^2)`` on the patch it
-  predicts from the diffraction amplitude d_j, and a consistency term
-  ``consistency * sum |P (N(d_j) - O_j)|^2``, the squared difference of the two exit
-  waves in photons, which ties network and object together;
+* with a network N (after ``network_start`` epochs of physics-only refinement): its own
+  data term ``ell(I_j, |F(P N(d_j))|^2)`` on the patch it predicts from the diffraction
+  amplitude d_j, and two terms on the squared exit-wave difference ``D_j = sum |P (N(d_j) - O_j)|^2``:
+  ``network_consistency * D_j`` (photons) pulls the network toward the object, which teaches
+  it what one frame cannot fix; ``consistency * D_j / max|P|^2`` (object units) pulls the
+  object toward the network, a prior that regularises low-dose scans and fades at high dose;
 
 then one optimizer step per parameter group. Object and probe gradients are divided by
 the illumination they saw in the batch (``sum |P|^2`` per object pixel, ``sum |O_j|^2``
@@ -22,13 +24,16 @@ update independent of the photon count (DESIGN.md section 2b).
 import dataclasses
 import json
 import math
+import os
 import time
+import warnings
 
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from . import physics, plugins
+from .networks import network_input, predict_patches
 from .optim import HessianVectorProduct, rademacher_like
 
 DEVICES = ('CPU', 'GPU', 'Ascend')
@@ -46,6 +51,8 @@ class ScanData:
     mask : (N, H, W) bool or None (all valid); False marks dead or saturated pixels.
     propagator : (pre, post) complex (H, W) phase factors (PtyPy's ``pre_fft``,
         ``post_fft``), or None for the centred FFT.
+    geometry : dict of what is known of ``wavelength``, ``distance`` (sample-detector),
+        ``detector_pixel`` and ``object_pixel``, all in metres; empty when unknown.
     """
     intensities: np.ndarray
     positions: np.ndarray
@@ -53,6 +60,7 @@ class ScanData:
     obj: np.ndarray
     mask: np.ndarray = None
     propagator: tuple = None
+    geometry: dict = dataclasses.field(default_factory=dict)
 
     def validate(self):
         """Raise ``ValueError`` naming the array and what was expected; return self."""
@@ -111,53 +119,71 @@ class SolverSettings:
 
     network : dict with ``name`` and the network's settings, or None for the
         physics-only solver (object and probe refined, no network: the ablation).
+    network_start : epochs of physics-only refinement before the network joins; the
+        network then learns from a sensible object instead of the initial guess, and
+        the first epochs cost what the physics-only solver costs.
     batch_size : frames per step; the last batch of an epoch is filled up with frames
         from the start of the shuffled order, so every step has the same shape.
     loss : 'gaussian' (amplitude) or 'poisson'.
-    consistency : weight of the network/object exit-wave consistency term.
+    consistency : weight of the prior tying object and network patches,
+        ``consistency * sum |P|^2 |N(d_j) - O_j|^2 / max |P|^2``, in object units (the
+        data terms are in photons, so the prior matters at low dose and fades at high dose).
+    network_consistency : weight of the same squared difference in photons (like the data
+        terms) acting on the network only: the object's patches teach the network, which
+        its own single-frame data term cannot (one frame does not fix the phase).
     probe_update_start : epochs before the probe starts to be refined (None: never).
     illumination_regularisation : delta in the step normaliser ``1/(w + delta max w)``.
     hessian_interval : steps between refreshes of the Hessian-diagonal estimate of
         second-order optimizers (AdaHessian); each refresh costs about 2 gradients.
+    max_divergences : rollbacks (NaN/Inf loss, learning rates halved) in a row before
+        :meth:`JointSolver.run` gives up.
     """
     network: dict = dataclasses.field(default_factory=_default_network)
     network_group: GroupSettings = dataclasses.field(default_factory=lambda: GroupSettings('adam', 2e-3))
     object_group: GroupSettings = dataclasses.field(default_factory=lambda: GroupSettings('sgd', 1.5))
     probe_group: GroupSettings = dataclasses.field(default_factory=lambda: GroupSettings('sgd', 1.0))
-    batch_size: int = 8
+    network_start: int = 30
+    batch_size: int = 4
     loss: str = 'gaussian'
-    consistency: float = 0.1
+    consistency: float = 4.0
+    network_consistency: float = 1.0
     probe_update_start: int = 0
-    illumination_regularisation: float = 0.05
+    illumination_regularisation: float = 0.1
     hessian_interval: int = 1
+    max_divergences: int = 3
     seed: int = 0
     device: str = 'CPU'
 
     def validate(self, n_frames=None):
         """Raise ``ValueError`` naming the setting and the accepted values."""
+        from .optim import check_learning_rate
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.loss not in physics.LOSSES:
             raise ValueError(f"loss must be one of {', '.join(physics.LOSSES)}, got {self.loss!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        for name, minimum in (('batch_size', 1), ('max_divergences', 0), ('hessian_interval', 1),
+                              ('network_start', 0), ('seed', 0), ('probe_update_start', 0)):
+            value = getattr(self, name)
+            if name == 'probe_update_start' and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}"
+                                 f"{' or None' if name == 'probe_update_start' else ''}, got {value!r}")
         if n_frames is not None and self.batch_size > n_frames:
             raise ValueError(f"batch_size {self.batch_size} exceeds the {n_frames} frames of the scan")
-        for name in ('consistency', 'illumination_regularisation'):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if not isinstance(self.hessian_interval, int) or self.hessian_interval < 1:
-            raise ValueError(f"hessian_interval must be an integer >= 1, got {self.hessian_interval!r}")
-        if self.probe_update_start is not None and self.probe_update_start < 0:
-            raise ValueError(f"probe_update_start must be >= 0 or None, got {self.probe_update_start!r}")
+        for name in ('consistency', 'network_consistency', 'illumination_regularisation'):
+            check_learning_rate(name, getattr(self, name))  # the same rule: a finite number >= 0
         for group in ('network_group', 'object_group', 'probe_group'):
             settings = getattr(self, group)
+            if not isinstance(settings, GroupSettings) or not isinstance(settings.options, dict):
+                raise ValueError(f"{group} must be GroupSettings(optimizer, learning_rate, options dict), "
+                                 f"got {settings!r}")
             plugins.optimizer_factory(settings.optimizer, parameter=f"{group}.optimizer")
-            from .optim import check_learning_rate
             check_learning_rate(f"{group}.learning_rate", settings.learning_rate)
         if self.network is not None:
-            if 'name' not in self.network:
-                raise ValueError("network must name the network ('name') or be None for the physics-only solver")
+            if not isinstance(self.network, dict) or 'name' not in self.network:
+                raise ValueError("network must be a dict naming the network ('name') and its settings, "
+                                 f"or None for the physics-only solver; got {self.network!r}")
             plugins.network_factory(self.network['name'])
 
 
@@ -194,17 +220,21 @@ class JointObjective(nn.Cell):
     ``construct(amplitudes, intensities, mask, indices)`` with amplitudes (B, 1, H, W)
     network input, intensities and mask (B, H, W), indices (B, H, W) int32 flat object
     pixels; returns ``(loss, fourier_error, photon_error, exit_error)``, the errors (B,).
+    The object (flat, Ho * Wo) and probe (M, H, W) are real/imag Parameter pairs, shared
+    by the objectives with and without network.
     """
 
-    def __init__(self, data, network, loss, consistency):
+    def __init__(self, object_pair, probe_pair, propagator, network, loss, consistency=0.0, network_consistency=0.0):
         super().__init__()
-        self.object_re, self.object_im = _pair(data.obj.reshape(-1), 'object')
-        self.probe_re, self.probe_im = _pair(data.probe, 'probe')
-        self.forward_model = physics.PtychoForward(physics.FarfieldPropagator(*data.propagator))
+        self.object_re, self.object_im = object_pair
+        self.probe_re, self.probe_im = probe_pair
+        self.forward_model = physics.PtychoForward(physics.FarfieldPropagator(*propagator))
         self.data_term = physics.LOSSES[loss]
+        self.amplitude_loss = loss == 'gaussian'  # its data term is the Fourier error's numerator
         self.network = network
         self.use_network = network is not None
         self.consistency = consistency
+        self.network_consistency = network_consistency
 
     def patches(self, indices):
         """Object patches (B, H, W) as a real/imag pair."""
@@ -219,8 +249,10 @@ class JointObjective(nn.Cell):
     def construct(self, amplitudes, intensities, mask, indices):
         patch_re, patch_im = self.patches(indices)
         model = self.forward_model(self.probe_re, self.probe_im, patch_re, patch_im)
-        loss = self.data_term(model, intensities, mask).sum()
-        fourier, photon = physics.fourier_and_photon_errors(model, intensities, mask)
+        data_term = self.data_term(model, intensities, mask)
+        loss = data_term.sum()
+        misfit = data_term if self.amplitude_loss else None
+        fourier, photon = physics.fourier_and_photon_errors(model, intensities, mask, misfit)
         exit_error = ops.zeros_like(fourier)
         if self.use_network:
             # the probe is refined by the object's data term alone: a half-trained network must not bend it
@@ -228,9 +260,16 @@ class JointObjective(nn.Cell):
             probe_im = ops.stop_gradient(self.probe_im)
             net_re, net_im = self.network_patches(amplitudes)
             net_model = self.forward_model(probe_re, probe_im, net_re, net_im)
-            diff_re, diff_im = self.forward_model.exit_waves(probe_re, probe_im, net_re - patch_re, net_im - patch_im)
-            exit_error = (ops.square(diff_re) + ops.square(diff_im)).sum(axis=(1, 2, 3))
-            loss = loss + self.data_term(net_model, intensities, mask).sum() + self.consistency * exit_error.sum()
+            # |P (N - O)|^2 summed over modes = sum_m |P_m|^2 |N - O|^2: no exit waves needed
+            illumination = (ops.square(probe_re) + ops.square(probe_im)).sum(axis=0)
+            # network <- object, in photons like the data terms: the object's patches teach the network
+            teach_re, teach_im = net_re - ops.stop_gradient(patch_re), net_im - ops.stop_gradient(patch_im)
+            exit_error = (illumination * (ops.square(teach_re) + ops.square(teach_im))).sum(axis=(1, 2))
+            # object <- network, in object units: a prior whose pull fades against the data term as the dose rises
+            prior_re, prior_im = ops.stop_gradient(net_re) - patch_re, ops.stop_gradient(net_im) - patch_im
+            prior = (illumination * (ops.square(prior_re) + ops.square(prior_im))).sum() / illumination.max()
+            loss = loss + self.data_term(net_model, intensities, mask).sum() \
+                + self.network_consistency * exit_error.sum() + self.consistency * prior
             exit_error = exit_error / (intensities.shape[-1] * intensities.shape[-2])
         return loss, fourier, photon, exit_error
 
@@ -305,7 +344,8 @@ class JointSolver:
     and exit error (network/object exit-wave mismatch, 0 without a network) per frame.
     """
 
-    def __init__(self, data, settings=None):
+    def __init__(self, data, settings=None, input_scale=None):
+        """``input_scale``: the network input normalisation of a trained model (default: this scan's)."""
         self.settings = settings or SolverSettings()
         self.data = data.validate()
         self.settings.validate(n_frames=self.data.intensities.shape[0])
@@ -315,29 +355,43 @@ class JointSolver:
         n, h, w = self.data.intensities.shape
         self.object_shape = self.data.obj.shape
         self.indices = patch_indices(self.data.positions, (h, w), self.object_shape)
-        compressed = np.log1p(self.data.intensities)
-        self.amplitudes = (compressed / compressed.max())[:, None].astype(np.float32)
+        self.input_scale = float(input_scale or np.log1p(self.data.intensities.max()))
+        self.amplitudes = network_input(self.data.intensities, self.input_scale)
         self.mask = self.data.mask.astype(np.float32)
         self.network = self._build_network(h)
-        self.objective = JointObjective(self.data, self.network, self.settings.loss, self.settings.consistency)
-        self.step = JointStep(self.objective, self._build_optimizers(), self.settings.illumination_regularisation,
-                              physics.LOSS_CURVATURE[self.settings.loss])
-        optimizers = (self.step.object_optimizer, self.step.probe_optimizer, self.step.network_optimizer)
-        self.hessian_optimizers = [o for o in optimizers if getattr(o, 'needs_hessian', False)]
-        if self.hessian_optimizers:
-            self.hessian_params = [p for o in self.hessian_optimizers for p in o.parameters]
-            self.hessian_product = HessianVectorProduct(_ObjectiveLoss(self.objective), self.hessian_params)
+        object_pair, probe_pair = _pair(self.data.obj.reshape(-1), 'object'), _pair(self.data.probe, 'probe')
+        s = self.settings
+        self.objective = JointObjective(object_pair, probe_pair, self.data.propagator, self.network, s.loss,
+                                        s.consistency, s.network_consistency)
+        optimizers = self._build_optimizers()
+        curvature = physics.LOSS_CURVATURE[s.loss]
+        #: the step of all parameters; with a network, a second graph without it runs the first epochs
+        self.step = JointStep(self.objective, optimizers, s.illumination_regularisation, curvature)
+        self.physics_step = self.step
+        if self.network is not None:
+            physics_objective = JointObjective(object_pair, probe_pair, self.data.propagator, None, s.loss)
+            self.physics_step = JointStep(physics_objective, optimizers, s.illumination_regularisation, curvature)
+        self._hessian_products = {}
+        self.probe_power = float(np.sum(np.abs(self.data.probe) ** 2))
         self.steps_taken = 0
         self.epoch = 0
         self.errors = np.zeros((n, 3))
         self.history = []
+
+    @property
+    def network_active(self):
+        """Whether the network takes part in the current epoch (``network_start`` passed)."""
+        return self.network is not None and self.epoch >= self.settings.network_start
 
     def _build_network(self, frame_size):
         if self.settings.network is None:
             return None
         options = {k: v for k, v in self.settings.network.items() if k != 'name'}
         factory = plugins.network_factory(self.settings.network['name'])
-        return factory(frame_size, **options)
+        try:
+            return factory(frame_size, **options)
+        except TypeError as error:  # an option the network does not take
+            raise ValueError(f"network: {error}") from error
 
     def _build_optimizers(self):
         objective, s = self.objective, self.settings
@@ -348,57 +402,161 @@ class JointSolver:
         optimizers = []
         for params, group, label in groups:
             factory = plugins.optimizer_factory(group.optimizer, parameter=f"{label}.optimizer")
-            optimizers.append(factory(list(params), group.learning_rate, **group.options))
+            try:
+                optimizers.append(factory(list(params), group.learning_rate, **group.options))
+            except (TypeError, ValueError) as error:  # an option the optimizer does not take, or out of range
+                raise ValueError(f"{label}.options: {error}") from error
         if self.network is None:
             optimizers.append(None)
         return optimizers
 
-    def _batches(self):
-        n, b = len(self.indices), self.settings.batch_size
-        order = self.rng.permutation(n)
-        padded = np.concatenate([order, order[:(-n) % b]])
-        return padded.reshape(-1, b)
+    def _batches(self, order):
+        """Frame indices ``order`` cut into batches, the last filled up from the start."""
+        b = self.settings.batch_size
+        return np.concatenate([order, order[:(-len(order)) % b]]).reshape(-1, b)
 
-    def _refresh_hessian(self, inputs):
-        """New Hutchinson estimates of the Hessian diagonal for the second-order optimizers."""
-        probes = rademacher_like(self.hessian_params, self.rng)
-        self.hessian_product.set_vectors(probes)
-        products = self.hessian_product(*inputs)
+    def _inputs(self, batch):
+        return (Tensor(self.amplitudes[batch]), Tensor(self.data.intensities[batch]), Tensor(self.mask[batch]),
+                Tensor(self.indices[batch]))
+
+    def _hessian_product(self, step):
+        """(optimizers, parameters, HessianVectorProduct) of ``step``'s second-order optimizers."""
+        if step not in self._hessian_products:
+            candidates = [step.object_optimizer, step.probe_optimizer] + \
+                ([step.network_optimizer] if step.use_network else [])
+            optimizers = [o for o in candidates if getattr(o, 'needs_hessian', False)]
+            params = [p for o in optimizers for p in o.parameters]
+            product = HessianVectorProduct(_ObjectiveLoss(step.objective), params) if optimizers else None
+            self._hessian_products[step] = (optimizers, params, product)
+        return self._hessian_products[step]
+
+    def _refresh_hessian(self, step, inputs):
+        """New Hutchinson estimates of the Hessian diagonal for ``step``'s second-order optimizers."""
+        optimizers, params, product = self._hessian_product(step)
+        if product is None:
+            return
+        probes = rademacher_like(params, self.rng)
+        product.set_vectors(probes)
+        products = product(*inputs)
         first = 0
-        for optimizer in self.hessian_optimizers:
+        for optimizer in optimizers:
             count = len(optimizer.parameters)
             optimizer.refresh_hessian(products[first:first + count], probes[first:first + count])
             first += count
 
     def run(self, epochs=1):
-        """Train for ``epochs`` passes over all frames; returns the (N, 3) errors of the last."""
-        start = self.settings.probe_update_start
+        """Train for ``epochs`` passes over all frames; returns the (N, 3) errors of the last.
+
+        Divergence guard: an epoch whose loss or parameters become NaN or Inf is rolled back
+        to the state before it, every learning rate is halved, a warning says so, and the
+        epoch is run again; after ``max_divergences`` such rollbacks in a row the last good
+        state is restored and ``FloatingPointError`` raised.
+        """
         if self.network is not None:
             self.network.set_train(True)
         for _ in range(epochs):
-            probe_on = Tensor(np.float32(start is not None and self.epoch >= start))
-            losses = []
-            for batch in self._batches():
-                inputs = (Tensor(self.amplitudes[batch]), Tensor(self.data.intensities[batch]),
-                          Tensor(self.mask[batch]), Tensor(self.indices[batch]))
-                if self.hessian_optimizers and self.steps_taken % self.settings.hessian_interval == 0:
-                    self._refresh_hessian(inputs)
-                loss, fourier, photon, exit_error = self.step(*inputs, probe_on)
-                self.steps_taken += 1
-                self.errors[batch] = np.stack([fourier.asnumpy(), photon.asnumpy(), exit_error.asnumpy()], 1)
-                losses.append(float(loss.asnumpy()))
-            if not all(math.isfinite(x) for x in losses):
-                raise FloatingPointError(f"the loss became {losses[-1]} in epoch {self.epoch}: lower the "
-                                         "learning rates or raise illumination_regularisation")
+            good = self._state()
+            for attempt in range(self.settings.max_divergences + 1):
+                losses = self._epoch()
+                if all(math.isfinite(x) for x in losses) and self._parameters_finite():
+                    break
+                self._restore(good)
+                if attempt == self.settings.max_divergences:
+                    raise FloatingPointError(
+                        f"the loss diverged in epoch {self.epoch} {attempt + 1} times in a row, halving the "
+                        "learning rates each time; object and probe hold the last good state. Lower the "
+                        "learning rates or raise illumination_regularisation")
+                self._halve_learning_rates()
+                warnings.warn(f"the loss became {losses[-1]} in epoch {self.epoch}: rolled back to the epoch's "
+                              "start and halved every learning rate", RuntimeWarning)
+            self._hold_probe_power()
             self.epoch += 1
             self.history.append({'epoch': self.epoch, 'time': time.perf_counter(), 'loss': float(np.sum(losses)),
                                  'error': self.errors.mean(0)})
         return self.errors.copy()
 
+    def _epoch(self):
+        """One pass over the frames in a new random order; returns the losses of its steps."""
+        start = self.settings.probe_update_start
+        probe_on = Tensor(np.float32(start is not None and self.epoch >= start))
+        step = self.step if self.network_active else self.physics_step
+        losses = []
+        for batch in self._batches(self.rng.permutation(len(self.indices))):
+            inputs = self._inputs(batch)
+            if self.steps_taken % self.settings.hessian_interval == 0:
+                self._refresh_hessian(step, inputs)
+            loss, fourier, photon, exit_error = step(*inputs, probe_on)
+            self.steps_taken += 1
+            self.errors[batch] = np.stack([fourier.asnumpy(), photon.asnumpy(), exit_error.asnumpy()], 1)
+            losses.append(float(loss.asnumpy()))
+            if not math.isfinite(losses[-1]):
+                break
+        return losses
+
+    def _named_parameters(self):
+        """{name: Parameter} of everything the full step holds (weights, object, probe, optimizer
+        states), named by attribute path: stable, while MindSpore renames Parameters as graphs compile."""
+        return dict(self.step.parameters_and_names())
+
+    def _state(self):
+        """Copies of every parameter and optimizer state, by name."""
+        return {name: p.asnumpy().copy() for name, p in self._named_parameters().items()}
+
+    def _restore(self, state):
+        for name, param in self._named_parameters().items():
+            ops.assign(param, Tensor(state[name]))
+
+    def _parameters_finite(self):
+        o = self.objective
+        total = sum(float(ops.square(p).sum().asnumpy()) for p in (o.object_re, o.object_im, o.probe_re, o.probe_im))
+        return math.isfinite(total)
+
+    def _halve_learning_rates(self):
+        for optimizer in (self.step.object_optimizer, self.step.probe_optimizer, self.step.network_optimizer):
+            if optimizer is not None:
+                ops.assign(optimizer.learning_rate, optimizer.learning_rate * 0.5)
+        return self.errors.copy()
+
+    def evaluate(self):
+        """PtyPy's per-frame errors (N, 3) of the current object and probe, without a step.
+
+        Fourier and photon errors as in :meth:`run`; the exit error (a training quantity) is 0.
+        """
+        errors = np.zeros((len(self.indices), 3))
+        for batch in self._batches(np.arange(len(self.indices))):
+            _, fourier, photon, _ = self.physics_step.objective(*self._inputs(batch))
+            errors[batch, 0], errors[batch, 1] = fourier.asnumpy(), photon.asnumpy()
+        return errors
+
+    def _hold_probe_power(self):
+        """Undo the drift of the probe/object scale, ``P -> a P``, ``O -> O / a``, so ``sum |P|^2``
+        keeps its initial value (photons per frame for a transmission of 1).
+
+        The model ``P O`` is unchanged, but left alone the scale drifts (measured at 1e5
+        photons: probe amplitude +30 % in 15 epochs); the object then leaves the transmission
+        scale that the initial guess, the unlit border and the network's free-space output share.
+        """
+        o = self.objective
+        power = float((ops.square(o.probe_re).sum() + ops.square(o.probe_im).sum()).asnumpy())
+        factor = math.sqrt(self.probe_power / power)
+        for param, scale in ((o.probe_re, factor), (o.probe_im, factor), (o.object_re, 1 / factor),
+                             (o.object_im, 1 / factor)):
+            ops.assign(param, param * scale)
+
     def save_checkpoint(self, path):
-        """Save network, object, probe, every optimizer's state, the epoch and the shuffling RNG state."""
-        ms.save_checkpoint(self.step, path, append_dict={'epoch': self.epoch, 'steps_taken': self.steps_taken,
-                                                         'rng_state': json.dumps(self.rng.bit_generator.state)})
+        """Save network, object, probe, every optimizer's state, the epoch and the shuffling RNG state.
+
+        ``path`` must end in ``.ckpt``. Written to a temporary file in the same folder and
+        renamed, so a crash while saving never leaves a broken checkpoint behind.
+        """
+        if not str(path).endswith('.ckpt'):
+            raise ValueError(f"checkpoint path must end in .ckpt, got {path!r}")
+        folder, name = os.path.split(os.path.abspath(path))
+        temporary = os.path.join(folder, f".{name[:-5]}.partial.ckpt")
+        parameters = [{'name': name, 'data': p} for name, p in self._named_parameters().items()]
+        ms.save_checkpoint(parameters, temporary, append_dict={
+            'epoch': self.epoch, 'steps_taken': self.steps_taken, 'rng_state': json.dumps(self.rng.bit_generator.state)})
+        os.replace(temporary, path)
 
     def load_checkpoint(self, path):
         """Restore :meth:`save_checkpoint` into this solver; only before it first runs.
@@ -409,11 +567,15 @@ class JointSolver:
         if self.steps_taken:
             raise RuntimeError("load_checkpoint needs a fresh solver: this one has already run")
         state = ms.load_checkpoint(path)
-        missing = [p.name for p in self.step.get_parameters() if p.name not in state] + \
-            [key for key in ('epoch', 'steps_taken', 'rng_state') if key not in state]
+        parameters = self._named_parameters()
+        missing = [name for name in list(parameters) + ['epoch', 'steps_taken', 'rng_state'] if name not in state]
         if missing:
             raise ValueError(f"checkpoint {path} does not match this solver: it lacks {missing[:5]}")
-        ms.load_param_into_net(self.step, state, strict_load=True)
+        wrong = [name for name, p in parameters.items() if tuple(state[name].shape) != tuple(p.shape)]
+        if wrong:
+            raise ValueError(f"checkpoint {path} does not match this solver: shapes of {wrong[:5]} differ")
+        for name, param in parameters.items():
+            ops.assign(param, state[name])
         self.epoch = int(state['epoch'].asnumpy())
         self.steps_taken = int(state['steps_taken'].asnumpy())
         self.rng.bit_generator.state = json.loads(str(state['rng_state']))
@@ -429,15 +591,9 @@ class JointSolver:
         """Current probe modes, complex (M, H, W)."""
         return self.objective.probe_re.asnumpy() + 1j * self.objective.probe_im.asnumpy()
 
-    def predict_patches(self, frames=None, batch_size=None):
+    def predict_patches(self, frames=None, batch_size=64):
         """The network's object patches, complex (N, H, W), for frames ``frames`` (default all)."""
         if self.network is None:
             raise ValueError("network is None: the physics-only solver has no network to predict with")
-        self.network.set_train(False)
         frames = np.arange(len(self.amplitudes)) if frames is None else np.asarray(frames)
-        size = batch_size or self.settings.batch_size
-        out = []
-        for k in range(0, len(frames), size):
-            re, im = self.objective.network_patches(Tensor(self.amplitudes[frames[k:k + size]]))
-            out.append(re.asnumpy() + 1j * im.asnumpy())
-        return np.concatenate(out)
+        return predict_patches(self.network, self.amplitudes[frames], batch_size)

@@ -18,3 +18,33 @@ def patch_errors(solver, truth, frames):
         network.append(registered_error(patch, true_patch, centre))
         flat.append(registered_error(np.ones_like(patch), true_patch, centre))
     return np.mean(network), np.mean(flat)
+
+
+def to_param(tree):
+    from ptypy import utils as u
+    return u.Param({k: to_param(v) if isinstance(v, dict) else v for k, v in tree.items()})
+
+
+def parameter_tree(tmp_path, engines, frames=40, shape=64):
+    import ptypy_npu  # noqa: F401  (registers W1Net with PtyPy)
+    from ptypy import utils as u
+    from ptypy_npu.moonflower import moonflower_scan, use_structured_object
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    use_structured_object(str(tmp_path / 'object.png'))
+    p = u.Param()
+    p.verbose_level = 'critical'
+    p.io = u.Param(home=str(tmp_path), rfile=str(tmp_path / 'recon.ptyr'),
+                   autosave=u.Param(active=False), interaction=u.Param(active=False))
+    p.scans = u.Param(MF=moonflower_scan(frames=frames, shape=shape, photons=1e8))
+    p.engines = u.Param()
+    for k, engine in enumerate(engines):
+        p.engines[f'e{k:02d}'] = to_param(engine)
+    return p
+
+
+def run(p, level=5):
+    from ptypy.core import Ptycho
+    from ptypy.utils import parallel
+    parallel.loadmanager.reset()
+    np.random.seed(0)  # MoonFlowerScan's Poisson noise: the same data in every run
+    return Ptycho(p, level=level)

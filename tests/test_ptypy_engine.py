@@ -4,36 +4,9 @@ import importlib.util
 import numpy as np
 import pytest
 
+from helpers import parameter_tree, run
+
 pytestmark = pytest.mark.ptypy
-
-def to_param(tree):
-    from ptypy import utils as u
-    return u.Param({k: to_param(v) if isinstance(v, dict) else v for k, v in tree.items()})
-
-
-def parameter_tree(tmp_path, engines, frames=40, shape=64):
-    import ptypy_npu  # noqa: F401  (registers W1Net with PtyPy)
-    from ptypy import utils as u
-    from ptypy_npu.moonflower import moonflower_scan, use_structured_object
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    use_structured_object(str(tmp_path / 'object.png'))
-    p = u.Param()
-    p.verbose_level = 'critical'
-    p.io = u.Param(home=str(tmp_path), rfile=str(tmp_path / 'recon.ptyr'),
-                   autosave=u.Param(active=False), interaction=u.Param(active=False))
-    p.scans = u.Param(MF=moonflower_scan(frames=frames, shape=shape, photons=1e8))
-    p.engines = u.Param()
-    for k, engine in enumerate(engines):
-        p.engines[f'e{k:02d}'] = to_param(engine)
-    return p
-
-
-def run(p, level=5):
-    from ptypy.core import Ptycho
-    from ptypy.utils import parallel
-    parallel.loadmanager.reset()
-    np.random.seed(0)  # MoonFlowerScan's Poisson noise: the same data in every run
-    return Ptycho(p, level=level)
 
 
 def object_error(P):
@@ -48,7 +21,7 @@ def test_w1net_is_registered_with_its_defaults():
     import ptypy_npu  # noqa: F401
     assert 'W1Net' in ptypy.engines.ENGINES
     defaults = ptypy.defaults_tree['engine.W1Net']
-    assert defaults['batch_size'].default == 8
+    assert defaults['batch_size'].default == 4
     assert defaults['network.name'].default == 'W1Net'
 
 
@@ -99,7 +72,8 @@ def test_dm_then_w1net_lowers_ptypys_errors_and_saves_the_w1net_object(tmp_path)
 
 @pytest.mark.xfail(strict=True, reason="open in issue 2: on this 40-frame 64-px scan, 10 W1Net epochs after "
                                        "10 DM iterations lower PtyPy's Fourier error but raise the object "
-                                       "error (measured 0.315 against DM's 0.262)")
+                                       "error (measured 0.299 against DM's 0.262; W1Net alone reaches 0.104 "
+                                       "in 30 epochs, DM 0.210 in 40: W1Net inherits DM's probe)")
 def test_dm_then_w1net_lowers_the_object_error(tmp_path):
     P = dm_then_w1net(tmp_path)
     dm_only = run(parameter_tree(tmp_path / 'dm', [{'name': 'DM', 'numiter': 10}]))
@@ -130,7 +104,7 @@ def test_bad_engine_settings_fail_before_any_container_changes(tmp_path, extra, 
 @pytest.mark.skipif(importlib.util.find_spec('ptypy_npu_ptychonn') is None,
                     reason="plugin distribution not installed: pip install ./plugins/ptypy-npu-ptychonn")
 def test_engine_trains_the_ptychonn_plugin_selected_in_the_tree(tmp_path):
-    network = {'name': 'PtychoNN', 'depth': 2, 'width': 4, 'binning': 1}
+    network = {'name': 'PtychoNN', 'depth': 2, 'width': 4, 'binning': 1, 'start': 0}
     P = run(parameter_tree(tmp_path, [{'name': 'W1Net', 'numiter': 6, 'network': network}]))
     exit_errors = [i['error'][2] for i in P.runtime.iter_info]
     assert exit_errors[0] > 0 and exit_errors[-1] < exit_errors[0]

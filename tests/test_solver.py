@@ -4,6 +4,7 @@ import dataclasses
 import numpy as np
 import pytest
 from helpers import patch_errors
+from mindspore import Tensor, ops
 
 from ptypy_npu.metrics import illuminated_region, registered_error
 from ptypy_npu.simulate import simulate_scan
@@ -40,12 +41,26 @@ def test_joint_solver_with_network_reconstructs(scan):
     better than flat ones after 20 epochs of one 64-frame scan (measured 0.37 vs 0.36), so that
     is reported by the benchmarks, not asserted here."""
     data, truth = scan
-    solver = JointSolver(data, SolverSettings(network=SMALL_NETWORK))
+    solver = JointSolver(data, SolverSettings(network=SMALL_NETWORK, network_start=5))
     errors = solver.run(20)
     assert ground_truth_error(solver, scan) < 0.15
     assert np.all(errors[:, 2] > 0)
     network_error, flat_error = patch_errors(solver, truth, [10, 20, 30, 40, 50])
     assert network_error < 1.2 * flat_error  # no collapse of the network's predictions
+
+
+def test_network_joins_after_the_physics_only_epochs(scan):
+    """Until network_start the object follows the physics-only solver exactly, the network untouched."""
+    data, _ = scan
+    physics_only = JointSolver(data, SolverSettings(network=None))
+    physics_only.run(3)
+    joint = JointSolver(data, SolverSettings(network=SMALL_NETWORK, network_start=3))
+    initial = [p.asnumpy().copy() for p in joint.network.trainable_params()]
+    assert np.all(joint.run(3)[:, 2] == 0)
+    np.testing.assert_allclose(joint.object, physics_only.object, rtol=1e-5, atol=1e-5)  # CPU threads: last bits
+    assert all(np.array_equal(a, p.asnumpy()) for a, p in zip(initial, joint.network.trainable_params()))
+    assert np.all(joint.run(1)[:, 2] > 0)
+    assert not all(np.array_equal(a, p.asnumpy()) for a, p in zip(initial, joint.network.trainable_params()))
 
 
 def test_solver_is_deterministic_for_a_seed(scan):
@@ -101,3 +116,36 @@ def test_bad_scan_data_is_refused_naming_the_array(scan, change, message):
 def test_bad_settings_are_refused_naming_the_setting(scan, settings, message):
     with pytest.raises(ValueError, match=message):
         JointSolver(scan[0], settings)
+
+
+def test_a_diverging_epoch_is_rolled_back_with_halved_rates(scan):
+    data, _ = scan
+    solver = JointSolver(data, SolverSettings(network=None))
+    solver.run(1)
+    real_step, calls = solver.physics_step, []
+
+    def step_that_blows_up_once(*inputs):
+        out = real_step(*inputs)
+        calls.append(1)
+        if len(calls) == 2:  # the object turns to NaN mid-epoch
+            ops.assign(solver.objective.object_re, solver.objective.object_re * np.float32('nan'))
+            return (Tensor(np.float32('nan')),) + tuple(out[1:])
+        return out
+
+    solver.physics_step = type('Poisoned', (), {'__call__': staticmethod(step_that_blows_up_once),
+                                                '__getattr__': lambda self, name: getattr(real_step, name)})()
+    with pytest.warns(RuntimeWarning, match='rolled back to the epoch.s start and halved every learning rate'):
+        solver.run(1)
+    assert solver.epoch == 2 and np.isfinite(solver.object).all()
+    assert float(solver.step.object_optimizer.learning_rate.asnumpy()) == pytest.approx(1.5 / 2)
+    assert float(solver.step.probe_optimizer.learning_rate.asnumpy()) == pytest.approx(1.0 / 2)
+
+
+def test_repeated_divergence_stops_with_the_last_good_state(scan):
+    data, _ = scan
+    solver = JointSolver(data, SolverSettings(network=None, object_group=GroupSettings('sgd', 1e30),
+                                              max_divergences=2))
+    with pytest.warns(RuntimeWarning), pytest.raises(FloatingPointError, match='diverged in epoch 0 3 times'):
+        solver.run(1)
+    np.testing.assert_array_equal(solver.object, data.obj)
+    np.testing.assert_array_equal(solver.probe, data.probe.astype(np.complex64))  # as the solver holds it

@@ -1,0 +1,192 @@
+"""Trained networks on disk, one-pass inference and streaming reconstruction (no PtyPy).
+
+A model is a directory::
+
+    M/weights.safetensors   the network's parameters (MindSpore checkpoint, safetensors format)
+    M/probe.npy             the probe it was trained with, complex (modes, H, W)
+    M/model.json            everything else needed to use it again (see :func:`save_model`)
+
+Inference predicts each frame's object patch in one forward pass and stitches the patches
+into an object, each weighted by the probe intensity that lit it (the ePIE/PtychoNN
+average), so overlapping frames agree where the probe is bright.
+"""
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+
+from . import __version__, plugins
+from .networks import copy_weights, network_input, network_weights, predict_patches
+
+MODEL_FORMAT = 'ptypy-npu-model/1'
+WEIGHTS_FILE, PROBE_FILE, SIDECAR_FILE = 'weights.safetensors', 'probe.npy', 'model.json'
+#: Relative tolerance when the geometry of a scan is compared with a model's.
+GEOMETRY_TOLERANCE = 1e-3
+#: Stitched pixels lit by less than this fraction of the peak illumination keep the fill value.
+STITCH_THRESHOLD = 1e-3
+
+
+def save_model(directory, solver, force=False):
+    """Save ``solver``'s network as a model directory; returns the sidecar (dict).
+
+    The sidecar records the architecture and its settings, the frame shape, the input
+    normalisation, the geometry of the training scan, how long it was trained and the
+    ptypy-npu and MindSpore versions. Written to a temporary directory and renamed, so an
+    existing model is replaced only when ``force`` is set, and never left half-written.
+    """
+    import mindspore as ms
+    if solver.network is None:
+        raise ValueError("network is None: the physics-only solver has no network to save")
+    if os.path.exists(directory) and not force:
+        raise FileExistsError(f"model {directory} exists; choose another path or pass --force to replace it")
+    sidecar = {
+        'format': MODEL_FORMAT,
+        'network': solver.settings.network,
+        'frame_shape': list(solver.data.intensities.shape[1:]),
+        'input': {'transform': 'log1p', 'scale': solver.input_scale},
+        'geometry': solver.data.geometry,
+        'training': {'frames': int(solver.data.intensities.shape[0]), 'epochs': solver.epoch,
+                     'loss': solver.settings.loss},
+        'versions': {'ptypy_npu': __version__, 'mindspore': ms.__version__},
+    }
+    temporary = f"{directory.rstrip(os.sep)}.partial"
+    shutil.rmtree(temporary, ignore_errors=True)
+    os.makedirs(temporary)
+    weights = [{'name': name, 'data': param} for name, param in network_weights(solver.network).items()]
+    ms.save_checkpoint(weights, os.path.join(temporary, WEIGHTS_FILE), format='safetensors')
+    np.save(os.path.join(temporary, PROBE_FILE), solver.probe, allow_pickle=False)
+    with open(os.path.join(temporary, SIDECAR_FILE), 'w') as handle:
+        json.dump(sidecar, handle, indent=1)
+    if os.path.exists(directory):
+        shutil.rmtree(directory)
+    os.replace(temporary, directory)
+    return sidecar
+
+
+class TrainedModel:
+    """A network loaded from a model directory, with its sidecar and probe.
+
+    >>> model = load_model('star_model')
+    >>> model.check(data)                        # refuses a scan the model was not trained for
+    >>> obj = model.reconstruct(data)            # complex (Ho, Wo)
+    """
+
+    def __init__(self, directory, network, sidecar, probe):
+        self.directory = directory
+        self.network = network
+        self.sidecar = sidecar
+        self.probe = probe
+
+    @property
+    def frame_shape(self):
+        return tuple(self.sidecar['frame_shape'])
+
+    def check(self, data):
+        """Raise ``ValueError`` naming what differs between ``data`` (a ScanData) and the model."""
+        shape = tuple(np.shape(data.intensities)[1:])
+        if shape != self.frame_shape:
+            raise ValueError(f"model {self.directory} takes {self.frame_shape} frames, the scan has {shape}")
+        for key, trained in self.sidecar['geometry'].items():
+            given = data.geometry.get(key)
+            if given is not None and trained is not None and \
+                    abs(given - trained) > GEOMETRY_TOLERANCE * abs(trained):
+                raise ValueError(f"model {self.directory} was trained with {key} = {trained:.6g} m, "
+                                 f"the scan has {given:.6g} m")
+
+    def predict(self, intensities, batch_size=64):
+        """Object patches, complex (N, H, W), of measured intensities (N, H, W) in photons."""
+        return predict_patches(self.network, network_input(intensities, self.sidecar['input']['scale']), batch_size)
+
+    def reconstruct(self, data, batch_size=64, fill=None):
+        """Stitched object (Ho, Wo) of a ScanData in one pass; unlit pixels keep ``fill`` (default data.obj)."""
+        self.check(data)
+        stream = StreamingReconstruction(self, np.shape(data.obj), data.probe, batch_size,
+                                         fill=data.obj if fill is None else fill)
+        stream.feed(data.intensities, data.positions)
+        return stream.object
+
+
+def load_model(directory, device='CPU'):
+    """A :class:`TrainedModel` from :func:`save_model`'s directory, compiled for ``device``
+    (graph mode); clear errors naming the file."""
+    import mindspore as ms
+    from .solver import select_device
+    select_device(device)
+    paths = {name: os.path.join(directory, name) for name in (WEIGHTS_FILE, PROBE_FILE, SIDECAR_FILE)}
+    for path in paths.values():
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"model {directory}: {path} is missing (a model holds "
+                                    f"{WEIGHTS_FILE}, {PROBE_FILE} and {SIDECAR_FILE})")
+    try:
+        with open(paths[SIDECAR_FILE]) as handle:
+            sidecar = json.load(handle)
+    except ValueError as error:
+        raise ValueError(f"model sidecar {paths[SIDECAR_FILE]} is not valid JSON: {error}") from error
+    if sidecar.get('format') != MODEL_FORMAT:
+        raise ValueError(f"{paths[SIDECAR_FILE]}: format {sidecar.get('format')!r}, expected {MODEL_FORMAT!r}")
+    settings = dict(sidecar['network'])
+    network = plugins.network_factory(settings.pop('name'))(sidecar['frame_shape'][0], **settings)
+    try:
+        weights = ms.load_checkpoint(paths[WEIGHTS_FILE], format='safetensors')
+    except Exception as error:
+        raise ValueError(f"model weights {paths[WEIGHTS_FILE]} cannot be read: {error}") from error
+    try:
+        copy_weights(weights, network)
+    except ValueError as error:
+        raise ValueError(f"model weights {paths[WEIGHTS_FILE]} do not fit {sidecar['network']}: {error}") from error
+    probe = np.load(paths[PROBE_FILE], allow_pickle=False)
+    return TrainedModel(directory, network, sidecar, probe)
+
+
+class StreamingReconstruction:
+    """Stitches a trained model's patches into an object as frames arrive.
+
+    ``feed(frames, positions)`` takes a chunk (frames (B, H, W) photons, positions (B, 2)
+    top-left object pixels), as a detector delivers it; :attr:`object` is readable at
+    any time. Each patch is weighted by the probe intensity ``w = sum_modes |P|^2``:
+    ``O = sum_j w N_j / sum_j w``.
+    """
+
+    def __init__(self, model, object_shape, probe=None, batch_size=64, fill=1.0, report=None):
+        self.model = model
+        probe = model.probe if probe is None else np.asarray(probe)
+        self.weight = (np.abs(probe) ** 2).reshape((-1,) + model.frame_shape).sum(0)
+        self.numerator = np.zeros(object_shape, complex)
+        self.denominator = np.zeros(object_shape)
+        self.fill = np.broadcast_to(np.asarray(fill, complex), object_shape)
+        self.batch_size = batch_size
+        self.report = report
+        self.frames_done = 0
+        self.seconds = 0.0
+
+    def feed(self, frames, positions):
+        """Predict and stitch one chunk; returns its frames per second."""
+        start = time.perf_counter()
+        patches = self.model.predict(frames, self.batch_size)
+        h, w = self.model.frame_shape
+        for patch, (row, col) in zip(patches, np.asarray(positions, dtype=int)):
+            self.numerator[row:row + h, col:col + w] += self.weight * patch
+            self.denominator[row:row + h, col:col + w] += self.weight
+        elapsed = time.perf_counter() - start
+        self.frames_done += len(frames)
+        self.seconds += elapsed
+        rate = len(frames) / elapsed
+        if self.report:
+            self.report(f"{self.frames_done} frames, {rate:.0f} frames/s (mean {self.frames_done / self.seconds:.0f})")
+        return rate
+
+    def run(self, chunks):
+        """Feed every (frames, positions) chunk of an iterable; returns the object."""
+        for frames, positions in chunks:
+            self.feed(frames, positions)
+        return self.object
+
+    @property
+    def object(self):
+        """The stitched object (Ho, Wo) so far; pixels no frame lit keep the fill value."""
+        lit = self.denominator > STITCH_THRESHOLD * max(self.denominator.max(), 1e-30)
+        stitched = self.fill.copy()
+        stitched[lit] = self.numerator[lit] / self.denominator[lit]
+        return stitched
