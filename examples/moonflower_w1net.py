@@ -1,6 +1,6 @@
 """DM, then W1Net, on PtyPy's simulated MoonFlowerScan; prints PtyPy's errors and the true object error.
 
-    ONEDNN_MAX_CPU_ISA=AVX2 GLOG_v=3 python examples/moonflower_w1net.py [--frames 200] [--dm 50] [--w1net 30]
+    ONEDNN_MAX_CPU_ISA=AVX2 GLOG_v=3 python examples/moonflower_w1net.py [--frames 200] [--dm 50] [--w1net 40]
 
 Needs PtyPy (install it from its upstream repository, see README). Writes .ptyr files
 under ./results/moonflower/.
@@ -28,7 +28,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--frames', type=int, default=200, help='frames MoonFlowerScan is asked for')
     parser.add_argument('--dm', type=int, default=50, help='DM iterations')
-    parser.add_argument('--w1net', type=int, default=30, help='W1Net epochs')
+    parser.add_argument('--w1net', type=int, default=40, help='W1Net epochs')
+    parser.add_argument('--network-start', type=int, default=20,
+                        help='W1Net epochs of physics-only refinement before its network joins')
     args = parser.parse_args()
 
     print('structured object:', use_structured_object())
@@ -38,7 +40,8 @@ def main():
     p.scans = u.Param(MF=moonflower_scan(frames=args.frames, shape=128, photons=1e8))
     p.engines = u.Param()
     p.engines.e00 = u.Param(name='DM', numiter=args.dm)
-    p.engines.e01 = u.Param(name='W1Net', numiter=args.w1net)  # continues from DM's object and probe
+    # continues from DM's object and probe
+    p.engines.e01 = u.Param(name='W1Net', numiter=args.w1net, network=u.Param(start=args.network_start))
     P = Ptycho(p, level=4)
     print('initial object error against the truth:', f"{registered_error(next(iter(P.obj.storages.values())).data[0], *true_object(P)):.4f}")
     P.run('e00')

@@ -163,12 +163,16 @@ def scatter_add_patches(values, flat_indices, object_pixels):
     return ops.unsorted_segment_sum(values.reshape(-1), flat_indices.reshape(-1), object_pixels)
 
 
-def inverse_illumination(weights, regularisation, curvature):
-    """ePIE/LSQML-style step normaliser ``1 / (curvature * (w + regularisation * max(w)))``.
+def inverse_illumination(weights, regularisation, curvature, robust=False):
+    """ePIE/LSQML-style step normaliser ``1 / (curvature * (w + regularisation * reference))``.
 
     ``weights`` is the illumination a parameter saw in this batch: sum of |probe|^2 over
     the frames on each object pixel, or sum of |object patch|^2 on each probe pixel.
     Dividing a gradient by it turns a plain gradient step into a projection-like update
-    whose size no longer depends on the photon count or the overlap.
+    whose size no longer depends on the photon count or the overlap. ``reference`` is
+    ``max(w)``, or with ``robust`` twice the mean of w (about the maximum for an object of
+    transmission <= 1), which a few outlying pixels cannot inflate: objects handed over
+    by DM hold amplitudes of 100 at badly lit edges, whose max would freeze the probe.
     """
-    return 1.0 / (curvature * (weights + regularisation * weights.max()) + AMPLITUDE_EPS)
+    reference = 2.0 * weights.mean() if robust else weights.max()
+    return 1.0 / (curvature * (weights + regularisation * reference) + AMPLITUDE_EPS)

@@ -325,7 +325,8 @@ class JointStep(nn.Cell):
         if self.normalise_probe:
             patch_re, patch_im = objective.patches(indices)
             patch_power = (ops.square(patch_re) + ops.square(patch_im)).sum(axis=0)
-            probe_scale = physics.inverse_illumination(patch_power, self.regularisation, self.curvature) * probe_on
+            probe_scale = physics.inverse_illumination(patch_power, self.regularisation, self.curvature,
+                                                       robust=True) * probe_on
         self.object_optimizer((grads[0] * object_scale, grads[1] * object_scale))
         self.probe_optimizer((grads[2] * probe_scale, grads[3] * probe_scale))
         if self.use_network:
