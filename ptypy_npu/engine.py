@@ -20,6 +20,10 @@ from .solver import GroupSettings, JointSolver, ScanData, SolverSettings, select
 
 __all__ = ['W1Net']
 
+#: Object amplitudes handed over by another engine above this multiple of their median over
+#: the scanned region are clipped to it (DM leaves values near 100 at badly lit edges).
+HANDOVER_AMPLITUDE_LIMIT = 5.0
+
 
 class W1Net(BaseEngine):
     """
@@ -320,15 +324,32 @@ class W1Net(BaseEngine):
             raise NotImplementedError("W1Net supports a single object mode")
         obj_storage = next(iter(self.ob.storages.values()))
         probe_storage = next(iter(self.pr.storages.values()))
+        obj = self._clip_outliers(obj_storage.data[0], [pod.ob_view for pod in pods])
         geo = pods[0].geometry
         geometry = {'wavelength': float(geo.lam), 'distance': float(geo.distance),
                     'detector_pixel': float(np.ravel(geo.psize)[0]), 'object_pixel': float(np.ravel(geo.resolution)[0])}
         data = ScanData(intensities=np.stack([v.data for v in views]),
                         mask=np.stack([pod.ma_view.data for pod in pods]).astype(bool),
                         positions=np.array([pod.ob_view.dlow for pod in pods]),
-                        probe=probe_storage.data, obj=obj_storage.data[0],
+                        probe=probe_storage.data, obj=obj,
                         propagator=(geo.propagator.pre_fft, geo.propagator.post_fft), geometry=geometry)
         return data.validate(), [v.ID for v in views]
+
+    @staticmethod
+    def _clip_outliers(obj, views):
+        """``obj`` (Ho, Wo) with amplitudes above ``HANDOVER_AMPLITUDE_LIMIT`` x their median
+        under the views scaled down to that limit (phases kept); warns with the count."""
+        lit = np.zeros(obj.shape, bool)
+        for view in views:
+            lit[view.dlow[0]:view.dhigh[0], view.dlow[1]:view.dhigh[1]] = True
+        amplitude = np.abs(obj)
+        limit = HANDOVER_AMPLITUDE_LIMIT * np.median(amplitude[lit])
+        outliers = amplitude > limit
+        if not outliers.any():
+            return obj
+        logger.warning(f"W1Net: {outliers.sum()} object pixels with amplitude above {limit:.3g} "
+                       f"({HANDOVER_AMPLITUDE_LIMIT:g} x the median, up to {amplitude.max():.3g}) clipped to it")
+        return np.where(outliers, obj * (limit / np.maximum(amplitude, 1e-30)), obj)
 
     def engine_prepare(self):
         """(Re)build the solver from the current containers; keeps trained or loaded network weights."""
