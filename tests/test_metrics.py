@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from ptypy_npu.metrics import find_shift, illuminated_region, phase_ramp, registered_error, shift_image
+from ptypy_npu.metrics import (find_shift, fourier_ring_correlation, frc_resolution, half_bit_threshold,
+                               illuminated_region, phase_ramp, psnr, registered_error, shift_image)
 from ptypy_npu.simulate import siemens_star
 
 
@@ -82,3 +83,37 @@ def test_find_shift_looks_no_further_than_max_shift(truth):
     moved = shift_image(truth, (-20.0, 3.0))
     assert np.abs(find_shift(moved, truth)[0]) == pytest.approx(20, abs=0.06)
     assert np.abs(find_shift(moved, truth, max_shift=5)).max() <= 5 + 1.5  # + the sub-pixel search window
+
+
+def test_frc_of_an_image_with_itself_is_one_on_every_ring(truth):
+    _, frc, _ = fourier_ring_correlation(np.abs(truth), np.abs(truth))
+    np.testing.assert_allclose(frc, 1.0, atol=1e-12)
+
+
+def test_frc_of_independent_noise_stays_within_three_sigma():
+    rng = np.random.default_rng(5)
+    _, frc, pixels = fourier_ring_correlation(rng.normal(size=(128, 128)), rng.normal(size=(128, 128)))
+    assert np.all(np.abs(frc[2:]) < 3 / np.sqrt(pixels[2:]))  # var(FRC) = 1/n for uncorrelated rings
+
+
+def test_frc_resolution_of_a_lowpassed_copy_is_its_cut_off():
+    """Two images sharing only the frequencies below 20 cycles, independent noise above."""
+    rng = np.random.default_rng(6)
+    shared = np.fft.fft2(rng.normal(size=(128, 128)))
+    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(128) * 128, np.fft.fftfreq(128) * 128, indexing='ij'))
+    low = np.where(radius < 20, shared, 0)
+    a = np.real(np.fft.ifft2(low + np.where(radius >= 20, np.fft.fft2(rng.normal(size=(128, 128))), 0)))
+    b = np.real(np.fft.ifft2(low + np.where(radius >= 20, np.fft.fft2(rng.normal(size=(128, 128))), 0)))
+    assert frc_resolution(a, b) in (20, 21)
+
+
+def test_half_bit_threshold_matches_van_heel_and_schatz():
+    assert half_bit_threshold(np.array([1e12]))[0] == pytest.approx(0.2071 / 1.2071, rel=1e-5)
+    assert half_bit_threshold(np.array([1]))[0] == pytest.approx((0.2071 + 1.9102) / (1.2071 + 0.9102))
+
+
+def test_psnr_against_its_closed_form(truth):
+    noise = 0.01 * np.exp(1j * np.arange(truth.size).reshape(truth.shape))  # |noise| = 0.01 everywhere
+    expected = 10 * np.log10(np.max(np.abs(truth)) ** 2 / 1e-4)
+    assert psnr(truth + noise, truth) == pytest.approx(expected, rel=1e-9)
+    assert psnr(truth, truth) == float('inf')
