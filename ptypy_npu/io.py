@@ -20,6 +20,13 @@ from .solver import ScanData
 OBJECT_MARGIN = 8
 
 
+def _object_grid(positions, frame_shape):
+    """Top-left object pixels (N, 2) int of ``positions`` (N, 2) float px, rounded and moved
+    ``OBJECT_MARGIN`` from the edge, and the object shape that holds every frame plus the margin."""
+    pixels = np.round(positions - positions.min(0)).astype(np.int64) + OBJECT_MARGIN
+    return pixels, tuple(pixels.max(0) + frame_shape + OBJECT_MARGIN)
+
+
 def load_npz_scan(path, max_frames=None):
     """A :class:`ScanData` from an npz scan file (see module docstring), object initialised to 1.
 
@@ -46,8 +53,7 @@ def load_npz_scan(path, max_frames=None):
         frames, positions = frames[:max_frames], positions[:max_frames]
     h, w = frames.shape[-2:]
     probe = arrays['probe'].reshape((-1, h, w))
-    pixels = np.round(positions - positions.min(0)).astype(np.int64) + OBJECT_MARGIN
-    object_shape = tuple(pixels.max(0) + (h, w) + OBJECT_MARGIN)
+    pixels, object_shape = _object_grid(positions, (h, w))
     return ScanData(intensities=np.fft.fftshift(frames, axes=(-2, -1)).astype(np.float32), positions=pixels,
                     probe=probe.astype(np.complex64), obj=np.ones(object_shape, np.complex64))
 
@@ -102,9 +108,7 @@ def load_cxi_scan(path, probe=None, max_frames=None):
     n, h, w = frames.shape
     wavelength = PLANCK_TIMES_LIGHT / energy
     object_pixel = wavelength * distance / (h * pixel)
-    pixels = np.round(translation[:, [1, 0]] / object_pixel).astype(np.int64)
-    pixels = pixels - pixels.min(0) + OBJECT_MARGIN
-    object_shape = tuple(pixels.max(0) + (h, w) + OBJECT_MARGIN)
+    pixels, object_shape = _object_grid(translation[:, [1, 0]] / object_pixel, (h, w))
     valid = None if mask is None else np.broadcast_to(np.asarray(mask) == 0, frames.shape)
     geometry = {'wavelength': wavelength, 'distance': distance, 'detector_pixel': pixel, 'object_pixel': object_pixel}
     return ScanData(intensities=frames.astype(np.float32), positions=pixels,
