@@ -5,6 +5,8 @@
     ptypy-npu solve ../shared/data/siemens-star-small.npz.bz2 --frames 200 --out star.h5
     ptypy-npu train scan.cxi --out star_model
     ptypy-npu reconstruct new_scan.cxi --model star_model --out new.h5 --png
+    ptypy-npu compare script.py --engines DM EPIE ML W1Net DM+W1Net --numiter 100 --out cmp
+    ptypy-npu compare --ptyr cmp/DM.ptyr cmp/W1Net.ptyr --truth cmp/truth.npz --out cmp2
 """
 import argparse
 import sys
@@ -117,6 +119,23 @@ def _reconstruct(args):
     return 0
 
 
+def _compare(args):
+    from . import compare
+    if args.ptyr:
+        if args.tree or args.engines:
+            raise ValueError("compare: give either SCRIPT_OR_TREE with --engines, or --ptyr files, not both")
+        compare.compare_ptyr(args.ptyr, args.out, args.truth, args.force)
+    else:
+        if not args.tree:
+            raise ValueError("compare: give a PtyPy script or JSON tree (SCRIPT_OR_TREE), or --ptyr files")
+        if args.truth:
+            raise ValueError("compare: --truth is for --ptyr files; simulated scans bring their own truth")
+        contestants = compare.parse_contestants(args.engines, args.numiter, compare.known_engines())
+        compare.compare(compare.load_tree(args.tree), contestants, args.out, args.seed, args.sample_every,
+                        args.force, args.halves)
+    return 0
+
+
 def _add_solver_options(parser):
     parser.add_argument('--frames', type=int, help='use only the first FRAMES frames (simulation: frame count)')
     parser.add_argument('--frame-size', type=int, default=64, help='simulated frame size in pixels')
@@ -166,6 +185,24 @@ def build_parser():
     reconstruct.add_argument('--chunk', type=int, help='frames per streamed chunk (default: all at once)')
     reconstruct.add_argument('--device', default='CPU', choices=['CPU', 'GPU', 'Ascend'])
     reconstruct.set_defaults(run=_reconstruct)
+    comparison = commands.add_parser('compare', help='run engines side by side on one scan (needs PtyPy), '
+                                                     'or compare finished .ptyr reconstructions')
+    comparison.add_argument('tree', nargs='?', metavar='SCRIPT_OR_TREE',
+                            help='PtyPy script (.py, read up to its Ptycho) or parameter tree (.json)')
+    comparison.add_argument('--engines', nargs='+', default=[],
+                            help="contestants: PtyPy engine names or chains, e.g. DM EPIE ML W1Net DM+W1Net "
+                                 "(DM:50+W1Net:30 sets iterations per engine)")
+    comparison.add_argument('--numiter', nargs='+', type=int, default=[100],
+                            help='iterations of every engine, or one count per contestant')
+    comparison.add_argument('--ptyr', nargs='+', help='finished reconstructions to compare instead of running')
+    comparison.add_argument('--truth', help="truth.npz (arrays 'object', 'region') for scoring --ptyr files")
+    comparison.add_argument('--out', required=True, help='output folder')
+    comparison.add_argument('--force', action='store_true', help="replace this command's earlier results in OUT")
+    comparison.add_argument('--halves', action='store_true',
+                            help='also reconstruct from the even and odd frames (NpzScan) for half-data FRC')
+    comparison.add_argument('--seed', type=int, default=0)
+    comparison.add_argument('--sample-every', type=int, default=5, help='iterations between convergence samples')
+    comparison.set_defaults(run=_compare)
     return parser
 
 

@@ -27,11 +27,12 @@ def _object_grid(positions, frame_shape):
     return pixels, tuple(pixels.max(0) + frame_shape + OBJECT_MARGIN)
 
 
-def load_npz_scan(path, max_frames=None):
-    """A :class:`ScanData` from an npz scan file (see module docstring), object initialised to 1.
+def read_npz(path, max_frames=None):
+    """Frames, positions and probe of an npz scan file (see module docstring).
 
-    Frames are fftshifted to PtyPy's centred convention; positions are rounded to whole
-    pixels and moved to start at ``OBJECT_MARGIN``. ``max_frames`` keeps the first frames only.
+    Returns ``(frames, positions, probe)``: float32 (N, H, W) photon counts fftshifted to
+    PtyPy's centred convention, float (N, 2) positions in object pixels (row, column) as
+    stored, complex64 (M, H, W). ``max_frames`` keeps the first frames only.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"scan file {path} does not exist")
@@ -46,16 +47,23 @@ def load_npz_scan(path, max_frames=None):
     if missing:
         raise ValueError(f"scan file {path} lacks the arrays {sorted(missing)} (needs data, scan, probe)")
     frames = arrays['data'].reshape((-1,) + arrays['data'].shape[-2:])
-    positions = arrays['scan'].reshape(-1, 2)
+    positions = arrays['scan'].reshape(-1, 2).astype(float)
     if len(frames) != len(positions):
         raise ValueError(f"scan file {path}: {len(frames)} frames in 'data' but {len(positions)} positions in 'scan'")
     if max_frames is not None:
         frames, positions = frames[:max_frames], positions[:max_frames]
-    h, w = frames.shape[-2:]
-    probe = arrays['probe'].reshape((-1, h, w))
-    pixels, object_shape = _object_grid(positions, (h, w))
-    return ScanData(intensities=np.fft.fftshift(frames, axes=(-2, -1)).astype(np.float32), positions=pixels,
-                    probe=probe.astype(np.complex64), obj=np.ones(object_shape, np.complex64))
+    probe = arrays['probe'].reshape((-1,) + frames.shape[-2:]).astype(np.complex64)
+    return np.fft.fftshift(frames, axes=(-2, -1)).astype(np.float32), positions, probe
+
+
+def load_npz_scan(path, max_frames=None):
+    """A :class:`ScanData` from an npz scan file (see :func:`read_npz`), object initialised to 1.
+
+    Positions are rounded to whole pixels and moved to start at ``OBJECT_MARGIN``.
+    """
+    frames, positions, probe = read_npz(path, max_frames)
+    pixels, object_shape = _object_grid(positions, frames.shape[-2:])
+    return ScanData(intensities=frames, positions=pixels, probe=probe, obj=np.ones(object_shape, np.complex64))
 
 
 #: CXI datasets read by :func:`load_cxi_scan` (SI units); mask and probe are optional.

@@ -44,7 +44,10 @@ def use_structured_object(path=None):
     from ptypy import utils as u
     obj = structured_object()
     path = path or os.path.join(tempfile.gettempdir(), 'ptypy_npu_moonflower_object.png')
-    Image.fromarray(np.round(u.complex2rgb(obj)).astype(np.uint8), 'RGB').save(path)  # no alpha: PtyPy reads max(R, G, B, A)
+    # each process (MPI rank) writes its own file and renames it: a reader never sees a half-written PNG
+    partial = f"{path}.{os.getpid()}.png"
+    Image.fromarray(np.round(u.complex2rgb(obj)).astype(np.uint8), 'RGB').save(partial)  # no alpha: PtyPy reads max(R, G, B, A)
+    os.replace(partial, path)
     ptypy.resources.flowerfile = path
     loaded = ptypy.resources.flower_obj(obj.shape)
     if np.abs(loaded - obj).max() > 0.05:

@@ -105,9 +105,12 @@ def describe():
 def register_with_ptypy():
     """Register every contributed engine with PtyPy so parameter trees can name it.
 
-    Needs PtyPy importable. Engines already known to PtyPy are left alone.
+    Needs PtyPy importable. Engines already known to PtyPy are left alone. Also registers
+    the data loader :class:`~ptypy_npu.ptyscan.NpzScan`.
     """
     import ptypy.engines
+
+    from . import ptyscan  # noqa: F401  (registers NpzScan with PtyPy)
     for impl in get_plugin_manager().hook.ptypy_npu_engines.get_hookimpls():
         try:
             engine_classes = impl.function()

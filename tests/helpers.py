@@ -1,4 +1,6 @@
 """Shared checks for the tests."""
+import bz2
+
 import numpy as np
 
 from ptypy_npu.metrics import registered_error
@@ -20,14 +22,10 @@ def patch_errors(solver, truth, frames):
     return np.mean(network), np.mean(flat)
 
 
-def to_param(tree):
-    from ptypy import utils as u
-    return u.Param({k: to_param(v) if isinstance(v, dict) else v for k, v in tree.items()})
-
-
 def parameter_tree(tmp_path, engines, frames=40, shape=64):
     import ptypy_npu  # noqa: F401  (registers W1Net with PtyPy)
     from ptypy import utils as u
+    from ptypy_npu.compare import tree_from_dict
     from ptypy_npu.moonflower import moonflower_scan, use_structured_object
     tmp_path.mkdir(parents=True, exist_ok=True)
     use_structured_object(str(tmp_path / 'object.png'))
@@ -38,7 +36,7 @@ def parameter_tree(tmp_path, engines, frames=40, shape=64):
     p.scans = u.Param(MF=moonflower_scan(frames=frames, shape=shape, photons=1e8))
     p.engines = u.Param()
     for k, engine in enumerate(engines):
-        p.engines[f'e{k:02d}'] = to_param(engine)
+        p.engines[f'e{k:02d}'] = tree_from_dict(engine)
     return p
 
 
@@ -48,3 +46,12 @@ def run(p, level=5):
     parallel.loadmanager.reset()
     np.random.seed(0)  # MoonFlowerScan's Poisson noise: the same data in every run
     return Ptycho(p, level=level)
+
+
+def write_tike_layout(path, data):
+    """``data`` (a ScanData) in the layout of shared/data: corner-centred frames, float positions
+    moved by -3.3 px, nested probe axes."""
+    frames = np.fft.ifftshift(data.intensities, axes=(-2, -1))[None]
+    with bz2.open(path, 'wb') as f:
+        np.savez(f, data=frames, scan=(data.positions - 3.3)[None].astype(np.float32),
+                 probe=data.probe[None, None, None].astype(np.complex64))

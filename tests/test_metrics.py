@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from ptypy_npu.metrics import (find_shift, fourier_ring_correlation, frc_resolution, half_bit_threshold,
-                               illuminated_region, phase_ramp, psnr, registered_error, shift_image)
+from ptypy_npu.metrics import (find_shift, fourier_ring_correlation, frc_between, frc_resolution,
+                               half_bit_threshold, illuminated_region, phase_ramp, psnr, registered_error,
+                               score_object, shift_image, ssim)
 from ptypy_npu.simulate import siemens_star
 
 
@@ -117,3 +118,44 @@ def test_psnr_against_its_closed_form(truth):
     expected = 10 * np.log10(np.max(np.abs(truth)) ** 2 / 1e-4)
     assert psnr(truth + noise, truth) == pytest.approx(expected, rel=1e-9)
     assert psnr(truth, truth) == float('inf')
+
+
+def test_ssim_of_constant_images_is_its_luminance_closed_form():
+    """Flat images have no variance: SSIM = (2ab + C1) / (a^2 + b^2 + C1), C1 = (0.01 L)^2."""
+    a, b, data_range = 0.8, 0.5, 1.0
+    expected = (2 * a * b + (0.01 * data_range) ** 2) / (a ** 2 + b ** 2 + (0.01 * data_range) ** 2)
+    assert ssim(np.full((32, 32), a), np.full((32, 32), b), data_range) == pytest.approx(expected, rel=1e-9)
+
+
+def test_ssim_is_one_for_identical_images_and_falls_with_noise(truth):
+    rng = np.random.default_rng(7)
+    amplitude = np.abs(truth)
+    scores = [ssim(amplitude + sigma * rng.normal(size=truth.shape), amplitude) for sigma in (0, 0.05, 0.2)]
+    assert scores[0] == pytest.approx(1.0, abs=1e-12)
+    assert scores[0] > scores[1] > scores[2]
+
+
+def test_score_object_sees_through_shift_ramp_and_global_factor(truth):
+    transformed = 1.7 * np.exp(0.9j) * shift_image(truth, (1.3, -2.4)) * phase_ramp(truth.shape, (0.03, -0.02))
+    region = np.zeros(truth.shape, bool)
+    region[16:80, 16:80] = True
+    scores = score_object(transformed, truth, region)
+    assert scores['object_error'] < 2e-3
+    assert scores['ssim_amplitude'] > 0.999 and scores['ssim_phase'] > 0.999
+    assert scores['psnr_db'] > 50
+    assert scores['frc_half_period_px'] == 1.0  # correlated up to Nyquist
+
+
+def test_frc_between_two_half_reconstructions_finds_their_shared_band():
+    """Two 'reconstructions' share the frequencies below 16 cycles and differ above; one is moved and
+    rephased. Half-period resolution: 128 / (2 * 16) = 4 px, within a ring either way of the window."""
+    rng = np.random.default_rng(8)
+    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(128) * 128, np.fft.fftfreq(128) * 128, indexing='ij'))
+    shared = np.where(radius < 16, np.fft.fft2(rng.normal(size=(128, 128))), 0)
+
+    def reconstruction():
+        return np.real(np.fft.ifft2(shared + np.where(radius >= 16, np.fft.fft2(rng.normal(size=(128, 128))), 0)))
+
+    a = reconstruction()
+    b = np.exp(0.4j) * shift_image(reconstruction(), (2.0, -3.0))
+    assert 128 / (2 * 17) <= frc_between(a, b, np.ones((128, 128), bool)) <= 128 / (2 * 15)

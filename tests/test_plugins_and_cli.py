@@ -12,6 +12,8 @@ from ptypy_npu.io import load_npz_scan
 from ptypy_npu.solver import JointSolver, SolverSettings
 from ptypy_npu.simulate import simulate_scan
 
+from helpers import write_tike_layout
+
 HAVE_PTYCHONN = importlib.util.find_spec('ptypy_npu_ptychonn') is not None
 
 
@@ -56,14 +58,6 @@ def test_ptychonn_names_the_setting_it_cannot_take():
     from ptypy_npu_ptychonn import PtychoNN
     with pytest.raises(ValueError, match='network.binning = 2'):
         PtychoNN(128, binning=1)
-
-
-def write_tike_layout(path, data):
-    """The layout of shared/data: corner-centred frames, float positions, nested probe axes."""
-    frames = np.fft.ifftshift(data.intensities, axes=(-2, -1))[None]
-    with bz2.open(path, 'wb') as f:
-        np.savez(f, data=frames, scan=(data.positions - 3.3)[None].astype(np.float32),
-                 probe=data.probe[None, None, None].astype(np.complex64))
 
 
 def test_npz_reader_restores_ptypys_convention(tmp_path):

@@ -1,0 +1,486 @@
+"""Side-by-side engine comparisons on one scan: PtyPy's engines and W1Net alike.
+
+    ptypy-npu compare SCRIPT_OR_TREE --engines DM EPIE ML W1Net DM+W1Net --numiter 100 --out cmp
+    ptypy-npu compare --ptyr cmp/DM.ptyr cmp/W1Net.ptyr --out cmp2 [--truth cmp/truth.npz]
+
+Each contestant (one engine, or a chain such as ``DM+W1Net`` run in turn on one object and
+probe) runs on the same data in its own fresh ``Ptycho``: same seed, PtyPy's load manager
+reset between runs, the tree's own engines replaced. Into the output folder go (by MPI rank 0
+alone) :data:`OUTPUT_FILES` and one ``<contestant>.ptyr`` per contestant:
+
+* ``results.csv`` / ``results.json``: the columns of :data:`TABLE_COLUMNS`, one row per
+  contestant (JSON also holds the convergence curves);
+* ``objects.png``: object amplitude and phase of every contestant beside the truth;
+* ``convergence.png``: error against wall time, all contestants on one axis;
+* ``truth.npz`` (simulated scans): the true object, its scored region and the true probe, for
+  ``--ptyr --truth``.
+
+Running engines needs PtyPy; comparing finished ``.ptyr`` files needs only h5py.
+"""
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+
+import h5py
+import numpy as np
+
+from .metrics import bounding_square, frc_between, illuminated_region, score_object
+
+#: Files the comparison writes into its output folder (besides one .ptyr per contestant).
+OUTPUT_FILES = ('results.csv', 'results.json', 'objects.png', 'convergence.png', 'truth.npz')
+#: Columns of the results table; ground-truth scores are empty when no truth is known.
+TABLE_COLUMNS = ('contestant', 'wall_s', 'iterations', 's_per_iteration', 'fourier_error', 'photon_error',
+                 'exit_error', 'object_error', 'probe_error', 'psnr_db', 'ssim_amplitude', 'ssim_phase',
+                 'frc_half_period_px', 'frc_halves_px')
+
+
+@dataclasses.dataclass
+class Contestant:
+    """One entry of a comparison: ``engines`` (dicts of PtyPy engine parameters, each with
+    ``name`` and ``numiter``) run in turn on one Ptycho; ``name`` as in ``DM+W1Net``."""
+    name: str
+    engines: list
+
+
+@dataclasses.dataclass
+class Result:
+    """What one contestant produced: its table row (:data:`TABLE_COLUMNS`), its convergence
+    ``curve`` of ``(wall s, iterations, fourier error, object error or None)`` samples, the
+    object (Ho, Wo) and probe (H, W) complex (first storage, first layer), the bool (Ho, Wo)
+    region its frames lit, the object pixel (m) and the position (m, y and x) of object pixel (0, 0)."""
+    row: dict
+    curve: list
+    obj: np.ndarray
+    probe: np.ndarray
+    region: np.ndarray
+    object_pixel: float
+    origin: np.ndarray
+
+
+def known_engines():
+    """PtyPy's engine registry (name -> class) with the plugins' engines registered."""
+    from . import plugins
+    plugins.register_with_ptypy()
+    from ptypy.engines import ENGINES
+    return ENGINES
+
+
+def parse_contestants(specs, numiter, known):
+    """Contestants from ``specs`` such as ``DM``, ``DM+W1Net`` or ``DM:50+W1Net:30``.
+
+    ``numiter`` (list of int) holds one count for every engine, or one per spec; a count after
+    ``:`` wins. Engine names match ``known`` (PtyPy's registry) case-insensitively.
+    """
+    if not specs:
+        raise ValueError("--engines: name at least one engine, e.g. DM W1Net DM+W1Net")
+    if len(numiter) not in (1, len(specs)):
+        raise ValueError(f"--numiter: give one count for all engines or one per contestant "
+                         f"({len(specs)}), got {len(numiter)}")
+    by_lower = {name.lower(): name for name in known}
+    contestants = []
+    for spec, count in zip(specs, numiter * len(specs) if len(numiter) == 1 else numiter):
+        engines = []
+        for part in spec.split('+'):
+            name, _, explicit = part.partition(':')
+            if name.lower() not in by_lower:
+                raise ValueError(f"--engines: PtyPy knows no engine {name!r} (in {spec!r}); "
+                                 f"known: {', '.join(sorted(known))}")
+            iterations = int(explicit) if explicit else count
+            if iterations < 1:
+                raise ValueError(f"--numiter: {spec!r} needs at least 1 iteration per engine, got {iterations}")
+            engines.append({'name': by_lower[name.lower()], 'numiter': iterations})
+        contestants.append(Contestant('+'.join(e['name'] for e in engines), engines))
+    return contestants
+
+
+def tree_from_dict(tree):
+    """A PtyPy parameter tree (``ptypy.utils.Param``, nested) from nested dicts."""
+    from ptypy import utils as u
+    return u.Param({key: tree_from_dict(value) if isinstance(value, dict) else value for key, value in tree.items()})
+
+
+class _TreeCaptured(Exception):
+    """Raised in place of ``Ptycho(p, ...)`` while a script is read for its tree."""
+
+    def __init__(self, tree):
+        super().__init__('parameter tree captured')
+        self.tree = tree
+
+
+def load_tree(path):
+    """A PtyPy parameter tree from a script or a JSON file.
+
+    A script (``.py``) runs until it builds its ``Ptycho``; the tree it passes is taken and
+    nothing is reconstructed. A script that builds none must leave the tree in ``p``.
+    JSON holds the tree as nested objects.
+    """
+    import runpy
+
+    import ptypy.core
+    import ptypy.core.ptycho
+    from ptypy import utils as u
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"parameter tree {path} does not exist")
+    if str(path).endswith('.json'):
+        try:
+            with open(path) as handle:
+                return tree_from_dict(json.load(handle))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"parameter tree {path} is not valid JSON: {error}") from error
+    if not str(path).endswith('.py'):
+        raise ValueError(f"parameter tree {path}: expected a PtyPy script (.py) or a JSON tree (.json)")
+
+    def capture(pars=None, *args, **kwargs):
+        raise _TreeCaptured(pars)
+
+    original = ptypy.core.Ptycho
+    ptypy.core.Ptycho = ptypy.core.ptycho.Ptycho = capture
+    try:
+        namespace = runpy.run_path(str(path), run_name='__main__')
+    except _TreeCaptured as captured:
+        return captured.tree
+    finally:
+        ptypy.core.Ptycho = ptypy.core.ptycho.Ptycho = original
+    if not isinstance(namespace.get('p'), u.Param):
+        raise ValueError(f"parameter tree {path}: the script neither builds a Ptycho nor defines a tree 'p'")
+    return namespace['p']
+
+
+def check_output_folder(out, names, force):
+    """Refuse (``FileExistsError``) if ``out`` holds any file this comparison would write, unless ``force``.
+
+    Other files in the folder are never touched.
+    """
+    existing = [name for name in names if os.path.exists(os.path.join(out, name))]
+    if existing and not force:
+        raise FileExistsError(f"output folder {out} holds earlier results ({', '.join(existing)}); "
+                              f"choose another folder or pass --force to replace them")
+
+
+def ptyr_name(contestant_name):
+    return f"{contestant_name}.ptyr"
+
+
+def simulated_truth(ptycho):
+    """``(object, region, probe)`` known to a simulated scan (MoonFlowerScan), or None for measured data."""
+    label = next(iter(ptycho.model.scans))
+    scan = ptycho.model.scans[label].ptyscan
+    if not all(hasattr(scan, name) for name in ('obj', 'pixel', 'pr')):
+        return None
+    from .moonflower import true_object
+    truth, region = true_object(ptycho, label)
+    return truth, region, np.asarray(scan.pr)
+
+
+def ensure_structured_moonflower():
+    """Give MoonFlowerScan a structured object where PtyPy's own image is missing (see :mod:`.moonflower`):
+    random phase noise has no features for SSIM or FRC to score."""
+    import ptypy.resources
+    if not os.path.exists(ptypy.resources.flowerfile):
+        from .moonflower import use_structured_object
+        use_structured_object()
+
+
+def run_contestant(tree, contestant, seed=0, sample_every=5, time_limit=math.inf, ptyr=None):
+    """Run ``contestant`` on a fresh Ptycho of ``tree`` (until done or ``time_limit`` s of iterating).
+
+    Wall time counts engine initialisation, preparation and iterations, not the object-error
+    samples taken every ``sample_every`` iterations when the scan is simulated. Writes
+    ``ptyr`` (PtyPy's minimal .ptyr, rank 0) if given. Returns ``(Result, truth)``, truth as
+    from :func:`simulated_truth`.
+    """
+    from ptypy import utils as u
+    from ptypy.core import Ptycho
+    from ptypy.engines import by_name
+    from ptypy.utils import parallel
+    if any(scan.get('data', {}).get('name') == 'MoonFlowerScan' for scan in tree.scans.values()):
+        ensure_structured_moonflower()
+    parallel.loadmanager.reset()
+    np.random.seed(seed)
+    p = tree.copy(depth=99)
+    p.io = p.get('io', u.Param())
+    p.io.update(rfile=None, autosave=u.Param(active=False), interaction=u.Param(active=False))
+    p.engines = u.Param()
+    P = Ptycho(p, level=4)
+    P.runtime.iter_info = []
+    P.record_positions = True
+    truth = simulated_truth(P) if parallel.master else None
+    storage = next(iter(P.obj.storages.values()))
+
+    def object_error():
+        return score_object(storage.data[0], truth[0], truth[1])['object_error'] if truth else None
+
+    elapsed, done_before, curve = 0.0, 0, []
+    for pars in contestant.engines:
+        tick = time.perf_counter()
+        engine = by_name(pars['name'])(P, u.Param(pars))
+        engine.initialize()
+        P.new_data = [(d.label, d) for d in P.diff.S.values()]
+        engine.prepare()
+        elapsed += time.perf_counter() - tick
+        if not curve:
+            curve.append((elapsed, 0, None, object_error()))
+        while not engine.finished and parallel.bcast_dict({'go': elapsed < time_limit})['go']:  # rank 0's clock
+            tick = time.perf_counter()
+            engine.iterate(min(sample_every, engine.numiter - engine.curiter))
+            elapsed += time.perf_counter() - tick
+            curve.append((elapsed, done_before + engine.curiter, float(P.runtime.iter_info[-1]['error'][0]),
+                          object_error()))
+        engine.finalize()
+        done_before += engine.curiter
+    if ptyr:
+        P.save_run(ptyr, kind='minimal')
+    errors = P.runtime.iter_info[-1]['error']
+    probe = next(iter(P.probe.storages.values()))
+    region = illuminated_region(probe.data, [v.dlow for v in storage.views], storage.shape[1:])
+    row = {'contestant': contestant.name, 'wall_s': elapsed, 'iterations': curve[-1][1],
+           's_per_iteration': elapsed / max(curve[-1][1], 1), 'fourier_error': float(errors[0]),
+           'photon_error': float(errors[1]), 'exit_error': float(errors[2])}
+    result = Result(row, curve, storage.data[0].copy(), probe.data[0].copy(), region, float(storage.psize[0]),
+                    np.array(storage.origin, float))
+    return result, truth
+
+
+def score(result, truth):
+    """Fill the ground-truth columns of ``result.row`` from ``truth`` = (object, region, probe)."""
+    from .metrics import registered_error
+    obj, region, probe = truth
+    if result.obj.shape != obj.shape:
+        raise ValueError(f"contestant {result.row['contestant']}: object {result.obj.shape} and truth "
+                         f"{obj.shape} are on different grids")
+    result.row.update(score_object(result.obj, obj, region))
+    if probe is not None and probe.shape == result.probe.shape:
+        result.row['probe_error'] = registered_error(result.probe, probe)
+
+
+def _halves(tree):
+    """Two copies of ``tree`` loading the even and the odd frames of every scan (``data.frames``)."""
+    halves = []
+    for half in ('even', 'odd'):
+        copy = tree.copy(depth=99)
+        for label, scan in copy.scans.items():
+            if scan.data.get('name') != 'NpzScan':
+                raise ValueError(f"halves: scan {label!r} uses {scan.data.get('name')!r}; half-data FRC needs a "
+                                 f"loader with a 'frames' subset parameter (NpzScan)")
+            scan.data.frames = half
+        halves.append(copy)
+    return halves
+
+
+def on_common_grid(results):
+    """Objects and regions of ``results`` placed on one pixel grid by their origins (same object pixel).
+
+    Returns ``(objects, regions)``: lists of complex and bool (Ho, Wo) arrays covering every
+    result's grid, zero (False) where a result has no pixels.
+    """
+    offsets = [np.round((r.origin - results[0].origin) / r.object_pixel).astype(int) for r in results]
+    low = np.min(offsets, 0)
+    offsets = [offset - low for offset in offsets]
+    shape = tuple(np.max([offset + r.obj.shape for offset, r in zip(offsets, results)], 0))
+    objects, regions = [], []
+    for offset, result in zip(offsets, results):
+        window = np.s_[offset[0]:offset[0] + result.obj.shape[0], offset[1]:offset[1] + result.obj.shape[1]]
+        obj, region = np.zeros(shape, complex), np.zeros(shape, bool)
+        obj[window], region[window] = result.obj, result.region
+        objects.append(obj)
+        regions.append(region)
+    return objects, regions
+
+
+def halves_frc(tree, contestant, seed=0):
+    """Half-period resolution (px) by FRC of ``contestant``'s reconstructions from the even and the
+    odd frames, over the pixels both lit (rank 0; None elsewhere)."""
+    from ptypy.utils import parallel
+    halves = [run_contestant(half, contestant, seed)[0] for half in _halves(tree)]
+    if not parallel.master:
+        return None
+    (obj_even, obj_odd), (region_even, region_odd) = on_common_grid(halves)
+    return frc_between(obj_even, obj_odd, region_even & region_odd)
+
+
+def compare(tree, contestants, out, seed=0, sample_every=5, force=False, halves=False, report=print):
+    """Run every :class:`Contestant` on ``tree`` in turn and write the comparison into ``out``.
+
+    ``halves``: also reconstruct from the even and the odd frames (scans loaded by NpzScan) and
+    report ``frc_halves_px``, the resolution where no truth is known. Under MPI all ranks run
+    the engines and rank 0 alone scores and writes. Returns the :class:`Result` list (scored on rank 0).
+    """
+    from ptypy.utils import parallel
+    check_output_folder(out, OUTPUT_FILES + tuple(ptyr_name(c.name) for c in contestants), force)
+    if halves:
+        _halves(tree)  # refuse unsuitable scans before anything runs
+    if parallel.master:
+        os.makedirs(out, exist_ok=True)
+    results, truth = [], None
+    for contestant in contestants:
+        result, truth = run_contestant(tree, contestant, seed, sample_every, ptyr=os.path.join(out, ptyr_name(
+            contestant.name)))
+        if halves:
+            result.row['frc_halves_px'] = halves_frc(tree, contestant, seed)
+        if parallel.master:
+            if truth:
+                score(result, truth)
+            report(format_row(result.row))
+        results.append(result)
+    if parallel.master:
+        write_outputs(out, results, truth, ranks=parallel.size)
+        report(f"wrote {out}")
+    parallel.barrier()
+    return results
+
+
+def format_row(row):
+    """One line of the results table for the console."""
+    return '  '.join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+                     for key, value in row.items() if value is not None)
+
+
+def read_ptyr(path):
+    """A :class:`Result` from a PtyPy ``.ptyr`` file (h5py; no PtyPy needed).
+
+    Object and probe are the first storage's first layer; the region is the pixels lit by the
+    probe at the recorded positions (``content/positions``), or the whole object without them.
+    The curve is rebuilt from ``content/runtime/iter_info`` (durations summed, without set-up time).
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f".ptyr file {path} does not exist")
+    try:
+        handle = h5py.File(path, 'r')
+    except OSError as error:
+        raise ValueError(f".ptyr file {path} is not a readable HDF5 file: {error}") from error
+    with handle:
+        def group(name):
+            if name not in handle or not len(handle[name]):
+                raise ValueError(f".ptyr file {path} lacks {name} (not a PtyPy reconstruction)")
+            return handle[name][sorted(handle[name])[0]]
+        obj_storage, probe_storage = group('content/obj'), group('content/probe')
+        obj, probe = obj_storage['data'][0], probe_storage['data'][0]
+        psize, origin = obj_storage['_psize'][()], obj_storage['_origin'][()]
+        positions = None
+        if 'content/positions' in handle and len(handle['content/positions']):
+            positions = group('content/positions')[()]
+        info = handle.get('content/runtime/iter_info')
+        entries = [info[key] for key in sorted(info)] if info is not None else []
+        curve, elapsed = [], 0.0
+        for entry in entries:
+            elapsed += float(entry['duration'][()])
+            curve.append((elapsed, int(entry['iterations'][()]), float(entry['error'][0]), None))
+        errors = entries[-1]['error'][()] if entries else [math.nan] * 3
+    if positions is None:
+        region = np.ones(obj.shape, bool)
+    else:
+        corners = np.round((positions - origin) / psize + 1e-5).astype(int) - np.array(probe.shape) // 2
+        region = illuminated_region(probe, corners, obj.shape)
+    iterations = curve[-1][1] if curve else 0
+    row = {'contestant': os.path.basename(str(path)).rsplit('.', 1)[0], 'wall_s': elapsed, 'iterations': iterations,
+           's_per_iteration': elapsed / max(iterations, 1), 'fourier_error': float(errors[0]),
+           'photon_error': float(errors[1]), 'exit_error': float(errors[2])}
+    return Result(row, curve, obj, probe, region, float(psize[0]), np.asarray(origin, float))
+
+
+def read_truth(path):
+    """``(object, region, probe or None)`` from a ``truth.npz`` written by :func:`compare`."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"truth file {path} does not exist")
+    try:
+        with np.load(path) as archive:
+            return archive['object'], archive['region'].astype(bool), archive.get('probe')
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"truth file {path} is not a truth.npz (arrays 'object' and 'region'): {error}") from error
+
+
+def compare_ptyr(paths, out, truth_path=None, force=False, report=print):
+    """The comparison of :func:`compare` from finished reconstructions (``.ptyr`` files), into ``out``.
+
+    Every file is read (and refused with its name if unreadable) before anything is written.
+    """
+    if not paths:
+        raise ValueError("--ptyr: name at least one .ptyr file")
+    check_output_folder(out, OUTPUT_FILES, force)
+    results = [read_ptyr(path) for path in paths]
+    truth = read_truth(truth_path) if truth_path else None
+    for result in results:
+        if truth:
+            score(result, truth)
+        report(format_row(result.row))
+    os.makedirs(out, exist_ok=True)
+    write_outputs(out, results, truth)
+    report(f"wrote {out}")
+    return results
+
+
+def write_outputs(out, results, truth=None, ranks=1):
+    """Write the table (CSV, JSON with curves), the figures and, when known, ``truth.npz`` into ``out``."""
+    with open(os.path.join(out, 'results.csv'), 'w', newline='') as handle:
+        writer = csv.DictWriter(handle, TABLE_COLUMNS, restval='')
+        writer.writeheader()
+        for result in results:
+            writer.writerow({key: result.row.get(key) for key in TABLE_COLUMNS})
+    records = [dict({key: result.row.get(key) for key in TABLE_COLUMNS}, curve=result.curve) for result in results]
+    with open(os.path.join(out, 'results.json'), 'w') as handle:
+        json.dump({'mpi_ranks': ranks, 'contestants': records}, handle, indent=1)
+    if truth:
+        probe = {} if truth[2] is None else {'probe': truth[2]}
+        np.savez(os.path.join(out, 'truth.npz'), object=truth[0], region=truth[1], **probe)
+    plot_objects(os.path.join(out, 'objects.png'), results, truth)
+    plot_convergence(os.path.join(out, 'convergence.png'), results, truth is not None)
+
+
+def _shown(result, truth):
+    """``(object, region)`` as shown: aligned onto the truth when known, else the contestant's own."""
+    from .metrics import align
+    if truth:
+        return align(result.obj, truth[0], truth[1])[0], truth[1]
+    return result.obj, result.region
+
+
+def plot_objects(path, results, truth=None):
+    """Amplitude (top) and phase (bottom) of every contestant, beside the truth when known, cropped to
+    the scored region; grey levels span the 1st to 99th percentile inside it."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    panels = ([('truth', truth[0], truth[1])] if truth else []) + [
+        (result.row['contestant'],) + _shown(result, truth) for result in results]
+    figure, axes = plt.subplots(2, len(panels), figsize=(3.2 * len(panels), 6.4), squeeze=False)
+    for column, (title, obj, region) in enumerate(panels):
+        rows, cols = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
+        crop = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        phase = np.angle(obj * np.exp(-1j * np.angle(np.sum(obj[region]))))  # mean phase at 0
+        for row, (image, label) in enumerate(((np.abs(obj), 'amplitude'), (phase, 'phase (rad)'))):
+            low, high = np.percentile(image[region], [1, 99])
+            axis = axes[row, column]
+            shown = axis.imshow(image[crop], cmap='gray', vmin=low, vmax=high)
+            axis.set_title(f"{title}: {label}", fontsize=9)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            figure.colorbar(shown, ax=axis, shrink=0.7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_convergence(path, results, have_truth):
+    """Object error against the truth (PtyPy's Fourier error where the curves have none, as read from
+    .ptyr files) against wall time, one line per contestant."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    have_truth = have_truth and any(sample[3] is not None for result in results for sample in result.curve)
+    column, label = (3, 'object error (registered, vs truth)') if have_truth else (2, "PtyPy's Fourier error")
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    for result in results:
+        points = [(sample[0], sample[column]) for sample in result.curve if sample[column] is not None]
+        if points:
+            axis.plot(*zip(*points), marker='.', label=result.row['contestant'])
+    axis.set_xlabel('wall time (s)')
+    axis.set_ylabel(label)
+    axis.set_yscale('log')
+    axis.grid(True, which='both', alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
