@@ -27,13 +27,13 @@ import time
 import h5py
 import numpy as np
 
-from .metrics import bounding_square, frc_between, illuminated_region, score_object
+from .metrics import frc_between, illuminated_region, registered_error, score_object
 
 #: Files the comparison writes into its output folder (besides one .ptyr per contestant).
 OUTPUT_FILES = ('results.csv', 'results.json', 'objects.png', 'convergence.png', 'truth.npz')
 #: Columns of the results table; ground-truth scores are empty when no truth is known.
-TABLE_COLUMNS = ('contestant', 'wall_s', 'iterations', 's_per_iteration', 'fourier_error', 'photon_error',
-                 'exit_error', 'object_error', 'probe_error', 'psnr_db', 'ssim_amplitude', 'ssim_phase',
+TABLE_COLUMNS = ('contestant', 'frames', 'wall_s', 'iterations', 's_per_iteration', 'fourier_error', 'photon_error',
+                 'exit_error', 'amplitude_misfit', 'object_error', 'probe_error', 'psnr_db', 'ssim_amplitude', 'ssim_phase',
                  'frc_half_period_px', 'frc_halves_px')
 
 
@@ -48,7 +48,9 @@ class Contestant:
 @dataclasses.dataclass
 class Result:
     """What one contestant produced: its table row (:data:`TABLE_COLUMNS`), its convergence
-    ``curve`` of ``(wall s, iterations, fourier error, object error or None)`` samples, the
+    ``curve`` of samples (dicts: ``wall_s``, ``iterations``, ``fourier_error`` as PtyPy's engine
+    reported it, ``amplitude_misfit`` from :func:`amplitude_misfit`, ``object_error``; None where
+    unknown), the
     object (Ho, Wo) and probe (H, W) complex (first storage, first layer), the bool (Ho, Wo)
     region its frames lit, the object pixel (m) and the position (m, y and x) of object pixel (0, 0)."""
     row: dict
@@ -164,6 +166,25 @@ def ptyr_name(contestant_name):
     return f"{contestant_name}.ptyr"
 
 
+def amplitude_misfit(ptycho):
+    """Mean squared amplitude misfit (photons per valid pixel) of the current object and probe over all
+    frames and MPI ranks: ``sum mask (|F(probe * object)| - sqrt(I))^2 / sum mask``, the modes'
+    intensities summed, with each pod's own propagator. One measure for every engine (PtyPy's
+    engines each report their own kind of error)."""
+    from ptypy.utils import parallel
+    squared, pixels = 0.0, 0.0
+    for diff_view in ptycho.diff.views.values():
+        if not diff_view.active:
+            continue
+        intensity = sum(np.abs(pod.fw(pod.probe * pod.object)) ** 2 for pod in diff_view.pods.values())
+        mask = diff_view.pod.mask
+        squared += float(np.sum(mask * (np.sqrt(intensity) - np.sqrt(np.maximum(diff_view.data, 0))) ** 2))
+        pixels += float(np.sum(mask))
+    totals = np.array([squared, pixels])
+    parallel.allreduce(totals)  # in place
+    return totals[0] / max(totals[1], 1.0)
+
+
 def simulated_truth(ptycho):
     """``(object, region, probe)`` known to a simulated scan (MoonFlowerScan), or None for measured data."""
     label = next(iter(ptycho.model.scans))
@@ -210,8 +231,11 @@ def run_contestant(tree, contestant, seed=0, sample_every=5, time_limit=math.inf
     truth = simulated_truth(P) if parallel.master else None
     storage = next(iter(P.obj.storages.values()))
 
-    def object_error():
-        return score_object(storage.data[0], truth[0], truth[1])['object_error'] if truth else None
+    def sample(elapsed, iterations, fourier_error):
+        """A convergence sample; the misfit and object error are evaluated outside the timed iterations."""
+        return {'wall_s': elapsed, 'iterations': iterations, 'fourier_error': fourier_error,
+                'amplitude_misfit': amplitude_misfit(P),
+                'object_error': registered_error(storage.data[0], truth[0], truth[1]) if truth else None}
 
     elapsed, done_before, curve = 0.0, 0, []
     for pars in contestant.engines:
@@ -222,13 +246,12 @@ def run_contestant(tree, contestant, seed=0, sample_every=5, time_limit=math.inf
         engine.prepare()
         elapsed += time.perf_counter() - tick
         if not curve:
-            curve.append((elapsed, 0, None, object_error()))
+            curve.append(sample(elapsed, 0, None))
         while not engine.finished and parallel.bcast_dict({'go': elapsed < time_limit})['go']:  # rank 0's clock
             tick = time.perf_counter()
             engine.iterate(min(sample_every, engine.numiter - engine.curiter))
             elapsed += time.perf_counter() - tick
-            curve.append((elapsed, done_before + engine.curiter, float(P.runtime.iter_info[-1]['error'][0]),
-                          object_error()))
+            curve.append(sample(elapsed, done_before + engine.curiter, float(P.runtime.iter_info[-1]['error'][0])))
         engine.finalize()
         done_before += engine.curiter
     if ptyr:
@@ -236,9 +259,10 @@ def run_contestant(tree, contestant, seed=0, sample_every=5, time_limit=math.inf
     errors = P.runtime.iter_info[-1]['error']
     probe = next(iter(P.probe.storages.values()))
     region = illuminated_region(probe.data, [v.dlow for v in storage.views], storage.shape[1:])
-    row = {'contestant': contestant.name, 'wall_s': elapsed, 'iterations': curve[-1][1],
-           's_per_iteration': elapsed / max(curve[-1][1], 1), 'fourier_error': float(errors[0]),
-           'photon_error': float(errors[1]), 'exit_error': float(errors[2])}
+    row = {'contestant': contestant.name, 'frames': len(P.diff.V), 'wall_s': elapsed,
+           'iterations': curve[-1]['iterations'], 's_per_iteration': elapsed / max(curve[-1]['iterations'], 1),
+           'fourier_error': float(errors[0]), 'photon_error': float(errors[1]), 'exit_error': float(errors[2]),
+           'amplitude_misfit': curve[-1]['amplitude_misfit']}
     result = Result(row, curve, storage.data[0].copy(), probe.data[0].copy(), region, float(storage.psize[0]),
                     np.array(storage.origin, float))
     return result, truth
@@ -246,7 +270,6 @@ def run_contestant(tree, contestant, seed=0, sample_every=5, time_limit=math.inf
 
 def score(result, truth):
     """Fill the ground-truth columns of ``result.row`` from ``truth`` = (object, region, probe)."""
-    from .metrics import registered_error
     obj, region, probe = truth
     if result.obj.shape != obj.shape:
         raise ValueError(f"contestant {result.row['contestant']}: object {result.obj.shape} and truth "
@@ -367,15 +390,17 @@ def read_ptyr(path):
         curve, elapsed = [], 0.0
         for entry in entries:
             elapsed += float(entry['duration'][()])
-            curve.append((elapsed, int(entry['iterations'][()]), float(entry['error'][0]), None))
+            curve.append({'wall_s': elapsed, 'iterations': int(entry['iterations'][()]),
+                          'fourier_error': float(entry['error'][0]), 'amplitude_misfit': None, 'object_error': None})
         errors = entries[-1]['error'][()] if entries else [math.nan] * 3
     if positions is None:
         region = np.ones(obj.shape, bool)
     else:
         corners = np.round((positions - origin) / psize + 1e-5).astype(int) - np.array(probe.shape) // 2
         region = illuminated_region(probe, corners, obj.shape)
-    iterations = curve[-1][1] if curve else 0
-    row = {'contestant': os.path.basename(str(path)).rsplit('.', 1)[0], 'wall_s': elapsed, 'iterations': iterations,
+    iterations = curve[-1]['iterations'] if curve else 0
+    row = {'contestant': os.path.basename(str(path)).rsplit('.', 1)[0], 'frames': None if positions is None else
+           len(positions), 'wall_s': elapsed, 'iterations': iterations,
            's_per_iteration': elapsed / max(iterations, 1), 'fourier_error': float(errors[0]),
            'photon_error': float(errors[1]), 'exit_error': float(errors[2])}
     return Result(row, curve, obj, probe, region, float(psize[0]), np.asarray(origin, float))
@@ -464,16 +489,23 @@ def plot_objects(path, results, truth=None):
 
 
 def plot_convergence(path, results, have_truth):
-    """Object error against the truth (PtyPy's Fourier error where the curves have none, as read from
-    .ptyr files) against wall time, one line per contestant."""
+    """One error against wall time, one line per contestant: the object error against the truth when
+    known, else the amplitude misfit (the same measure for every engine), else (curves read from
+    .ptyr files) PtyPy's Fourier error as each engine reports it."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    have_truth = have_truth and any(sample[3] is not None for result in results for sample in result.curve)
-    column, label = (3, 'object error (registered, vs truth)') if have_truth else (2, "PtyPy's Fourier error")
+
+    def measured(key):
+        return any(sample[key] is not None for result in results for sample in result.curve)
+
+    key, label = next((key, label) for key, label in (
+        ('object_error', 'object error (registered, vs truth)'),
+        ('amplitude_misfit', 'amplitude misfit (photons per pixel)'),
+        ('fourier_error', "PtyPy's Fourier error (engine's own)")) if measured(key) and (have_truth or key != 'object_error'))
     figure, axis = plt.subplots(figsize=(6.5, 4.5))
     for result in results:
-        points = [(sample[0], sample[column]) for sample in result.curve if sample[column] is not None]
+        points = [(sample['wall_s'], sample[key]) for sample in result.curve if sample[key] is not None]
         if points:
             axis.plot(*zip(*points), marker='.', label=result.row['contestant'])
     axis.set_xlabel('wall time (s)')

@@ -67,21 +67,27 @@ def moonflower_scan(frames=200, shape=128, photons=1e8, noise=True):
 def true_object(ptycho, scan_label=None):
     """The simulated object on the pixel grid of ``ptycho``'s object storage, and its scored region.
 
-    Returns ``(truth, region)``: complex (Ho, Wo) holding the MoonFlowerScan object under
-    every view (zero elsewhere), and the bool region lit by at least 10 % of the maximum
-    summed probe intensity.
+    Returns ``(truth, region)``: complex (Ho, Wo) holding the MoonFlowerScan object where views
+    lie (zero elsewhere), and the bool region lit by at least 10 % of the maximum summed probe
+    intensity. The object is placed by one offset, the one most views have between their pixel
+    on PtyPy's grid and their pixel in the simulation: PtyPy rounds positions to pixels its own
+    way, so a few views sit one pixel from where they were simulated, and placing the truth view
+    by view would make it inconsistent where such views overlap.
     """
     label = scan_label or next(iter(ptycho.model.scans))
     scan = ptycho.model.scans[label].ptyscan
     storage = next(iter(ptycho.obj.storages.values()))
-    truth = np.zeros(storage.shape[1:], complex)
     h, w = scan.geo.shape
-    positions = []
-    for view in storage.views:
-        row, col = view.dlow
-        r0, c0 = scan.pixel[view.pod.di_view.layer]  # a diffraction view's layer is its frame index
-        truth[row:row + h, col:col + w] = scan.obj[r0:r0 + h, c0:c0 + w]
-        positions.append((row, col))
+    corners = np.array([view.dlow for view in storage.views])
+    offsets = corners - np.array([scan.pixel[view.pod.di_view.layer] for view in storage.views])
+    values, counts = np.unique(offsets, axis=0, return_counts=True)
+    row, col = values[np.argmax(counts)]  # storage pixel = simulation pixel + (row, col)
+    placed = np.zeros(storage.shape[1:], complex)
+    rows = slice(max(row, 0), min(row + scan.obj.shape[0], placed.shape[0]))
+    cols = slice(max(col, 0), min(col + scan.obj.shape[1], placed.shape[1]))
+    placed[rows, cols] = scan.obj[rows.start - row:rows.stop - row, cols.start - col:cols.stop - col]
+    covered = np.zeros(placed.shape, bool)
+    for r, c in corners:
+        covered[r:r + h, c:c + w] = True
     probe = next(iter(ptycho.probe.storages.values())).data
-    return truth, illuminated_region(probe, positions, truth.shape)
-
+    return np.where(covered, placed, 0), illuminated_region(probe, corners, placed.shape)

@@ -54,6 +54,9 @@ class Lion(nn.Optimizer):
 
     Weight decay is decoupled (applied with the step, not added to g). Steps have the
     same size lr on every element, so lr is typically 3-10x smaller than Adam's.
+    All parameters' elements are updated as one flat vector (the moment is one flat
+    tensor), so a step costs a handful of kernels plus one subtraction per parameter,
+    where an update per parameter would launch six.
     """
     needs_hessian = False
 
@@ -65,17 +68,22 @@ class Lion(nn.Optimizer):
         super().__init__(learning_rate, params)
         self.beta1, self.beta2 = float(betas[0]), float(betas[1])
         self.decay = float(weight_decay)
-        self.moments = self.parameters.clone(prefix='lion_m', init='zeros')
+        self.sizes = tuple(int(np.prod(p.shape)) for p in self.parameters)
+        self.moment = Parameter(Tensor(np.zeros(sum(self.sizes), np.float32)), name='lion_m')
+
+    def flat(self, tensors):
+        return ops.concat([t.reshape(-1) for t in tensors])
 
     def construct(self, gradients):
         lr = self.get_lr()
-        # lerp(m, g, 1 - b) = b m + (1 - b) g in one kernel: Lion's step stays cheaper than Adam's fused one
-        for param, moment, grad in zip(self.parameters, self.moments, gradients):
-            direction = ops.sign(ops.lerp(moment, grad, 1 - self.beta1))
-            if self.decay > 0:
-                ops.assign(param, param * (1 - lr * self.decay))
-            ops.assign_sub(param, lr * direction)
-            ops.assign(moment, ops.lerp(moment, grad, 1 - self.beta2))
+        gradient = self.flat(gradients)
+        update = ops.sign(ops.lerp(self.moment, gradient, 1 - self.beta1))
+        if self.decay > 0:
+            update = update + self.decay * self.flat(self.parameters)
+        steps = ops.split(lr * update, self.sizes)
+        for param, step in zip(self.parameters, steps):
+            ops.assign_sub(param, step.reshape(param.shape))
+        ops.assign(self.moment, ops.lerp(self.moment, gradient, 1 - self.beta2))
         return True
 
 

@@ -5,7 +5,6 @@ Registered with PtyPy by ``import ptypy_npu``, so a parameter tree can say
 a geometry whose object pixel, ``wavelength * distance / (shape * psize)``, is one unit of
 the file's positions (10 nm), as ``shared/data/README.md`` describes for the Siemens star.
 """
-import numpy as np
 from ptypy import utils as u
 from ptypy.core.data import PtyScan
 from ptypy.experiment import register
@@ -93,3 +92,11 @@ class NpzScan(PtyScan):
     def load(self, indices):
         """Frames of ``indices``, centred; positions come from :meth:`load_positions`."""
         return {k: self._frames[k] for k in indices}, {}, {}
+
+
+def npz_scan_tree(npz_file, shape=128):
+    """Parameter tree of one BlockFull scan of ``npz_file`` through :class:`NpzScan`, its probe
+    guess as the illumination model (used as it is: no aperture, propagation or diversity)."""
+    return u.Param(name='BlockFull', data=u.Param(name='NpzScan', npz_file=npz_file, shape=shape),
+                   illumination=u.Param(model=NpzScan.probe_guess(npz_file), aperture=None, propagation=None,
+                                        diversity=None))

@@ -94,7 +94,7 @@ def test_compare_ptyr_scores_finished_reconstructions_against_the_truth(finished
     assert float(table['B']['psnr_db']) == pytest.approx(10 * np.log10(np.abs(truth[region]).max() ** 2 / mse),
                                                         abs=0.2)  # the fitted factor moves it slightly
     record = json.loads((out / 'results.json').read_text())['contestants'][0]
-    assert [sample[:3] for sample in record['curve']] == [[1.0, 5, 30.0], [3.0, 10, 20.0]]
+    assert [[c['wall_s'], c['iterations'], c['fourier_error']] for c in record['curve']] == [[1.0, 5, 30.0], [3.0, 10, 20.0]]
     for name in ('objects.png', 'convergence.png'):
         assert (out / name).stat().st_size > 10_000
 
@@ -159,7 +159,7 @@ def test_compare_runs_engines_side_by_side_and_scores_them_independently(tmp_pat
             engines = [f[f'content/runtime/iter_info/{k}/engine'][()] for k in sorted(f['content/runtime/iter_info'])]
         expected = registered_error(obj, truth['object'], truth['region'])
         assert float(table[name]['object_error']) == pytest.approx(expected, rel=1e-9)
-        assert record['curve'][-1][3] == pytest.approx(expected, rel=1e-9)
+        assert record['curve'][-1]['object_error'] == pytest.approx(expected, rel=1e-9)
         assert int(table[name]['iterations']) == 8 and float(table[name]['wall_s']) > 0
         assert 0 < float(table[name]['ssim_amplitude']) < 1 and float(table[name]['frc_half_period_px']) >= 1
     assert [e.decode() if isinstance(e, bytes) else e for e in engines] == ['DM', 'W1Net']
@@ -205,13 +205,11 @@ def star_scan(tmp_path, count=40):
 
 def star_tree(npz_file, numiter=0):
     from ptypy import utils as u
-    from ptypy_npu.ptyscan import NpzScan
+    from ptypy_npu.ptyscan import npz_scan_tree
     p = u.Param(verbose_level='critical')
     p.io = u.Param(home=os.path.dirname(npz_file), rfile=None, autosave=u.Param(active=False),
                    interaction=u.Param(active=False))
-    p.scans = u.Param(star=u.Param(name='BlockFull', data=u.Param(name='NpzScan', npz_file=npz_file, shape=64),
-                                   illumination=u.Param(model=NpzScan.probe_guess(npz_file), aperture=None,
-                                                        propagation=None, diversity=None)))
+    p.scans = u.Param(star=npz_scan_tree(npz_file, shape=64))
     p.engines = u.Param(e0=u.Param(name='DM', numiter=numiter)) if numiter else u.Param()
     return p
 
@@ -278,3 +276,23 @@ def test_compare_under_two_mpi_ranks_writes_once(tmp_path):
     assert finished.stdout.count(f'wrote {out}') == 1  # rank 0 alone reports and writes
     assert json.loads((out / 'results.json').read_text())['mpi_ranks'] == 2
     assert list(read_table(out)) == ['DM', 'ML']
+
+
+@pytest.mark.ptypy
+def test_amplitude_misfit_vanishes_at_the_simulated_object_and_probe(tmp_path):
+    """Noise-free MoonFlowerScan on a raster of whole pixels (16 px steps): the truth reproduces PtyPy's
+    simulation but for its rounding of intensities down to integers, which bounds the misfit by 1."""
+    from ptypy import utils as u
+    from ptypy_npu.compare import amplitude_misfit, ensure_structured_moonflower, simulated_truth, tree_from_dict
+    from helpers import run
+    ensure_structured_moonflower()
+    tree = tree_from_dict(json.loads(moonflower_tree(tmp_path).read_text()))
+    tree.scans.MF.data.update(add_poisson_noise=False, model='raster', density=0.25)
+    tree.io.update(rfile=None, autosave=u.Param(active=False), interaction=u.Param(active=False))
+    P = run(tree, level=4)
+    initial = amplitude_misfit(P)
+    obj, region, probe = simulated_truth(P)
+    storage = next(iter(P.obj.storages.values()))
+    storage.data[0] = np.where(obj != 0, obj, 1)
+    next(iter(P.probe.storages.values())).data[0] = probe
+    assert amplitude_misfit(P) < 1.0 < 1e-3 * initial

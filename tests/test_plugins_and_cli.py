@@ -1,5 +1,4 @@
 """Plugin host, the separately installed PtychoNN plugin, the CLI and file I/O."""
-import bz2
 import importlib.metadata
 import importlib.util
 
