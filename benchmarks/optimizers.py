@@ -54,7 +54,7 @@ def convergence(epochs, target):
     from ptypy_npu.engine import W1Net
     from ptypy_npu.metrics import registered_error
     from ptypy_npu.moonflower import moonflower_scan, true_object, use_structured_object
-    from ptypy_npu.solver import GroupSettings, JointSolver, SolverSettings
+    from ptypy_npu.solver import OBJECT_LION_OPTIONS, GroupSettings, JointSolver, SolverSettings
     use_structured_object()
     np.random.seed(1)
     p = u.Param(verbose_level='critical', io=u.Param(rfile=None, autosave=u.Param(active=False),
@@ -69,7 +69,8 @@ def convergence(epochs, target):
     truth, region = true_object(P)
     results = {}
     for name, (object_rate, probe_rate) in OBJECT_PROBE_RATES.items():
-        settings = SolverSettings(network=None, object_group=GroupSettings(name, object_rate),
+        settings = SolverSettings(network=None, object_group=GroupSettings(name, object_rate,
+                                                                           OBJECT_LION_OPTIONS if name == 'lion' else {}),
                                   probe_group=GroupSettings(name, probe_rate))
         solver = JointSolver(data, settings)
         elapsed, reached, best = 0.0, None, 1.0

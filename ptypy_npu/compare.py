@@ -24,9 +24,9 @@ import math
 import os
 import time
 
-import h5py
 import numpy as np
 
+from .io import open_hdf5
 from .metrics import frc_between, illuminated_region, registered_error, score_object
 
 #: Files the comparison writes into its output folder (besides one .ptyr per contestant).
@@ -368,13 +368,7 @@ def read_ptyr(path):
     probe at the recorded positions (``content/positions``), or the whole object without them.
     The curve is rebuilt from ``content/runtime/iter_info`` (durations summed, without set-up time).
     """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f".ptyr file {path} does not exist")
-    try:
-        handle = h5py.File(path, 'r')
-    except OSError as error:
-        raise ValueError(f".ptyr file {path} is not a readable HDF5 file: {error}") from error
-    with handle:
+    with open_hdf5(path, '.ptyr file') as handle:
         def group(name):
             if name not in handle or not len(handle[name]):
                 raise ValueError(f".ptyr file {path} lacks {name} (not a PtyPy reconstruction)")

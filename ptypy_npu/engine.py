@@ -16,7 +16,7 @@ from ptypy.utils import parallel
 from ptypy.utils.verbose import logger
 
 from .networks import copy_weights, network_weights
-from .solver import GroupSettings, JointSolver, ScanData, SolverSettings, select_device
+from .solver import OBJECT_LION_OPTIONS, GroupSettings, JointSolver, ScanData, SolverSettings, select_device
 
 __all__ = ['W1Net']
 
@@ -143,7 +143,7 @@ class W1Net(BaseEngine):
     [object_update.optimizer]
     default = sgd
     type = str
-    help = Optimizer name from the loaded plugins: adam, adamw, sgd, lion, adahessian or a plugin's
+    help = Optimizer name from the loaded plugins: adam, adamw, sgd, lion (lazy, betas 0.9/0.95 here), adahessian or a plugin's
 
     [object_update.weight_decay]
     default = 0.0
@@ -271,12 +271,14 @@ class W1Net(BaseEngine):
         if p.network.name is not None:
             network = {'name': p.network.name, 'depth': p.network.depth, 'width': p.network.width,
                        'binning': p.network.binning}
-        def group(tree):
+        def group(tree, lion_options=None):
             options = {'weight_decay': tree.weight_decay} if tree.weight_decay > 0 else {}
+            if tree.optimizer == 'lion' and lion_options:
+                options.update(lion_options)
             return GroupSettings(tree.optimizer, tree.learning_rate, options)
 
         return SolverSettings(
-            network=network, network_start=p.network.start, network_group=group(p.network_update), object_group=group(p.object_update),
+            network=network, network_start=p.network.start, network_group=group(p.network_update), object_group=group(p.object_update, OBJECT_LION_OPTIONS),
             probe_group=group(p.probe_update),
             batch_size=p.batch_size, loss=p.loss, consistency=p.consistency, network_consistency=p.network_consistency,
             probe_update_start=p.probe_update.start,

@@ -66,6 +66,16 @@ def load_npz_scan(path, max_frames=None):
     return ScanData(intensities=frames, positions=pixels, probe=probe, obj=np.ones(object_shape, np.complex64))
 
 
+def open_hdf5(path, kind):
+    """``path`` opened read-only with h5py; ``FileNotFoundError`` or ``ValueError`` naming the ``kind`` of file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{kind} {path} does not exist")
+    try:
+        return h5py.File(path, 'r')
+    except OSError as error:
+        raise ValueError(f"{kind} {path} is not a readable HDF5 file: {error}") from error
+
+
 #: CXI datasets read by :func:`load_cxi_scan` (SI units); mask and probe are optional.
 CXI_PATHS = {
     'data': 'entry_1/data_1/data',                                    # (N, H, W) photons, zero frequency centred
@@ -88,13 +98,7 @@ def load_cxi_scan(path, probe=None, max_frames=None):
     ``OBJECT_MARGIN`` from the edge. ``probe`` (complex (H, W) or (modes, H, W)) is used
     when the file has none (e.g. a trained model's); without either, ``ValueError``.
     """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"CXI file {path} does not exist")
-    try:
-        handle = h5py.File(path, 'r')
-    except OSError as error:
-        raise ValueError(f"CXI file {path} is not a readable HDF5 file: {error}") from error
-    with handle:
+    with open_hdf5(path, 'CXI file') as handle:
         def read(key, required=True):
             if CXI_PATHS[key] not in handle:
                 if required:

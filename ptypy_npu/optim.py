@@ -54,20 +54,26 @@ class Lion(nn.Optimizer):
 
     Weight decay is decoupled (applied with the step, not added to g). Steps have the
     same size lr on every element, so lr is typically 3-10x smaller than Adam's.
+    ``lazy=True`` leaves elements whose gradient is exactly zero (object pixels no frame of
+    the batch lit) and their moments alone, as LazyAdam does for sparse gradients; the
+    paper's Lion would move them every step along their stale moment.
     All parameters' elements are updated as one flat vector (the moment is one flat
     tensor), so a step costs a handful of kernels plus one subtraction per parameter,
     where an update per parameter would launch six.
     """
     needs_hessian = False
 
-    def __init__(self, params, learning_rate=1e-4, betas=(0.9, 0.99), weight_decay=0.0):
+    def __init__(self, params, learning_rate=1e-4, betas=(0.9, 0.99), weight_decay=0.0, lazy=False):
         check_learning_rate('learning_rate', learning_rate)
         check_betas('betas', betas)
         if not weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        if not isinstance(lazy, bool):
+            raise ValueError(f"lazy must be True or False, got {lazy!r}")
         super().__init__(learning_rate, params)
         self.beta1, self.beta2 = float(betas[0]), float(betas[1])
         self.decay = float(weight_decay)
+        self.lazy = lazy
         self.sizes = tuple(int(np.prod(p.shape)) for p in self.parameters)
         self.moment = Parameter(Tensor(np.zeros(sum(self.sizes), np.float32)), name='lion_m')
 
@@ -80,10 +86,15 @@ class Lion(nn.Optimizer):
         update = ops.sign(ops.lerp(self.moment, gradient, 1 - self.beta1))
         if self.decay > 0:
             update = update + self.decay * self.flat(self.parameters)
+        moment = ops.lerp(self.moment, gradient, 1 - self.beta2)
+        if self.lazy:
+            touched = ops.cast(gradient != 0, gradient.dtype)
+            update = update * touched
+            moment = self.moment + touched * (moment - self.moment)
         steps = ops.split(lr * update, self.sizes)
         for param, step in zip(self.parameters, steps):
             ops.assign_sub(param, step.reshape(param.shape))
-        ops.assign(self.moment, ops.lerp(self.moment, gradient, 1 - self.beta2))
+        ops.assign(self.moment, moment)
         return True
 
 

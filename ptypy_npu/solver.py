@@ -109,6 +109,12 @@ class GroupSettings:
     options: dict = dataclasses.field(default_factory=dict)
 
 
+#: Options for Lion on the object group, the measured best on MoonFlowerScan (benchmarks/optimizers.py):
+#: a batch lights few pixels, so Lion leaves the others (zero gradient) alone, and a shorter
+#: moment memory suits pixels whose moment is updated only when lit.
+OBJECT_LION_OPTIONS = {'lazy': True, 'betas': (0.9, 0.95)}
+
+
 def _default_network():
     return {'name': 'W1Net', 'depth': 3, 'width': 8, 'binning': 2}
 

@@ -46,6 +46,24 @@ def test_lion_matches_the_paper(problem):
         np.testing.assert_allclose(ours[k], p, rtol=1e-5, atol=1e-6)
 
 
+def test_lazy_lion_leaves_elements_without_gradient_alone(problem):
+    """Sparse gradients (object pixels no frame lit): zero-gradient elements keep value and moment."""
+    start, grads = problem
+    masks = [[RNG.random(size=s) < 0.5 for s in SHAPES] for _ in grads]
+    sparse = [[g * mask for g, mask in zip(step, step_masks)] for step, step_masks in zip(grads, masks)]
+    lr, (b1, b2), wd = 0.01, (0.9, 0.95), 0.1
+    params = parameters(start)
+    ours = run_steps(Lion(params, lr, (b1, b2), wd, lazy=True), params, sparse)
+    for k, p in enumerate(start):
+        m = np.zeros_like(p)
+        for step in sparse:
+            g = step[k]
+            lit = g != 0
+            p = np.where(lit, p - lr * (np.sign(b1 * m + (1 - b1) * g) + wd * p), p)
+            m = np.where(lit, b2 * m + (1 - b2) * g, m)
+        np.testing.assert_allclose(ours[k], p, rtol=1e-5, atol=1e-6)
+
+
 def adam_reference(p, grads_k, curvatures_k, lr, b1, b2, eps, wd, power):
     m = np.zeros_like(p)
     s = np.zeros_like(p)
