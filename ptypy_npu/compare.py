@@ -205,6 +205,12 @@ def ensure_structured_moonflower():
         use_structured_object()
 
 
+def check_sample_every(sample_every):
+    """Raise ``ValueError`` unless ``sample_every`` (iterations between convergence samples) is an int >= 1."""
+    if isinstance(sample_every, bool) or not isinstance(sample_every, int) or sample_every < 1:
+        raise ValueError(f"--sample-every must be a whole number of iterations >= 1, got {sample_every!r}")
+
+
 def run_contestant(tree, contestant, seed=0, sample_every=5, time_limit=math.inf, ptyr=None):
     """Run ``contestant`` on a fresh Ptycho of ``tree`` (until done or ``time_limit`` s of iterating).
 
@@ -217,6 +223,7 @@ def run_contestant(tree, contestant, seed=0, sample_every=5, time_limit=math.inf
     from ptypy.core import Ptycho
     from ptypy.engines import by_name
     from ptypy.utils import parallel
+    check_sample_every(sample_every)
     if any(scan.get('data', {}).get('name') == 'MoonFlowerScan' for scan in tree.scans.values()):
         ensure_structured_moonflower()
     parallel.loadmanager.reset()
@@ -331,8 +338,14 @@ def compare(tree, contestants, out, seed=0, sample_every=5, force=False, halves=
     report ``frc_halves_px``, the resolution where no truth is known. Under MPI all ranks run
     the engines and rank 0 alone scores and writes. Returns the :class:`Result` list (scored on rank 0).
     """
+    from ptypy.engines import by_name
     from ptypy.utils import parallel
     check_output_folder(out, OUTPUT_FILES + tuple(ptyr_name(c.name) for c in contestants), force)
+    single = sorted({e['name'] for c in contestants for e in c.engines if getattr(by_name(e['name']), 'single_process',
+                                                                                  False)})
+    if parallel.size > 1 and single:
+        raise ValueError(f"--engines: {', '.join(single)} runs in one process only; compare it without mpiexec")
+    check_sample_every(sample_every)
     if halves:
         _halves(tree)  # refuse unsuitable scans before anything runs
     if parallel.master:

@@ -138,7 +138,7 @@ class W1Net(BaseEngine):
     [object_update]
     default = Param
     type = Param
-    help = Optimizer of the object; its gradient is divided by the batch illumination
+    help = Optimizer of the object; its gradient is divided by the batch illumination (not for adahessian)
 
     [object_update.optimizer]
     default = sgd
@@ -252,6 +252,9 @@ class W1Net(BaseEngine):
     help = Model directory to write when the engine finishes; an existing one is never replaced
     """
 
+    #: Runs in one MPI process only: its gradients are not yet summed over ranks.
+    single_process = True
+
     SUPPORTED_MODELS = [Full, Vanilla, BlockFull, BlockVanilla]
 
     def __init__(self, ptycho_parent, pars=None):
@@ -287,7 +290,7 @@ class W1Net(BaseEngine):
 
     def engine_initialize(self):
         """Check every setting (names, ranges, device) before any container is touched."""
-        if parallel.size > 1:
+        if parallel.size > 1 and self.single_process:
             raise NotImplementedError("W1Net does not yet reduce gradients over MPI ranks; run it in one process")
         self.settings = self._solver_settings()
         self.settings.validate()

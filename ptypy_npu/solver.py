@@ -140,7 +140,9 @@ class SolverSettings:
     probe_update_start : epochs before the probe starts to be refined (None: never).
     illumination_regularisation : delta in the step normaliser ``1/(w + delta max w)``.
     hessian_interval : steps between refreshes of the Hessian-diagonal estimate of
-        second-order optimizers (AdaHessian); each refresh costs about 2 gradients.
+        second-order optimizers (AdaHessian); each refresh costs about 4 gradients, so
+        refreshing every step (the paper's setting) makes a step ~5x Adam's and every 10th step
+        ~1.5-2x; a stale estimate can make object steps diverge.
     max_divergences : rollbacks (NaN/Inf loss, learning rates halved) in a row before
         :meth:`JointSolver.run` gives up.
     """

@@ -179,6 +179,14 @@ def test_an_engine_ptypy_does_not_know_stops_the_comparison_before_anything_runs
 
 
 @pytest.mark.ptypy
+def test_a_sample_interval_below_one_is_refused(tmp_path, capsys):
+    assert cli.main(['compare', str(moonflower_tree(tmp_path)), '--engines', 'DM', '--sample-every', '0',
+                     '--out', str(tmp_path / 'cmp')]) == 2
+    assert '--sample-every must be a whole number of iterations >= 1, got 0' in capsys.readouterr().err
+    assert not (tmp_path / 'cmp').exists()
+
+
+@pytest.mark.ptypy
 def test_a_script_is_read_up_to_its_ptycho_and_nothing_runs(tmp_path):
     from ptypy_npu.compare import load_tree
     script = tmp_path / 'recon.py'
@@ -276,6 +284,10 @@ def test_compare_under_two_mpi_ranks_writes_once(tmp_path):
     assert finished.stdout.count(f'wrote {out}') == 1  # rank 0 alone reports and writes
     assert json.loads((out / 'results.json').read_text())['mpi_ranks'] == 2
     assert list(read_table(out)) == ['DM', 'ML']
+    refused = subprocess.run(command[:-7] + ['--engines', 'DM', 'DM+W1Net', '--out', str(tmp_path / 'w1')],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and 'W1Net runs in one process only' in refused.stderr
+    assert not (tmp_path / 'w1').exists()
 
 
 @pytest.mark.ptypy
