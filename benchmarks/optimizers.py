@@ -92,25 +92,30 @@ def main():
     parser.add_argument('--epochs', type=int, default=40, help='epoch budget of the convergence part')
     parser.add_argument('--target', type=float, default=0.15, help='common object error to reach')
     parser.add_argument('--skip-convergence', action='store_true')
+    parser.add_argument('--rounds', type=int, default=3, help='interleaved rounds of the step-cost workers')
     args = parser.parse_args()
     if args.worker:
         name, interval = args.worker.split(':')
         print(json.dumps(step_cost(name, int(interval))))
         return
     from ptypy_npu.solver import SolverSettings
-    costs = {}
     default_interval = SolverSettings().hessian_interval
     runs = [(n, 1) for n in OPTIMIZERS] + [('adahessian', i) for i in sorted({default_interval, 10} - {1})]
-    for name, interval in runs:
-        label = name if interval == 1 else f"{name}/{interval}"
-        out = subprocess.run([sys.executable, __file__, '--worker', f"{name}:{interval}"], capture_output=True,
-                             text=True, check=True)
-        costs[label] = json.loads(out.stdout.strip().splitlines()[-1])
-    print("== joint W1Net step (network group), 128-px frames, batch 8 ==")
-    print(f"{'optimizer':12s} {'ms/step':>8s} {'x Adam':>7s} {'peak RSS MB':>12s}")
+    samples = {}
+    for _ in range(args.rounds):  # interleaved rounds: drifts of the machine's speed hit every optimizer alike
+        for name, interval in runs:
+            label = name if interval == 1 else f"{name}/{interval}"
+            out = subprocess.run([sys.executable, __file__, '--worker', f"{name}:{interval}"], capture_output=True,
+                                 text=True, check=True)
+            samples.setdefault(label, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
+    costs = {label: {key: float(np.median([r[key] for r in rounds])) for key in rounds[0]}
+             for label, rounds in samples.items()}
+    print(f"== joint W1Net step (network group), 128-px frames, batch 8; median of {args.rounds} interleaved rounds ==")
+    print(f"{'optimizer':12s} {'ms/step':>8s} {'x Adam':>7s} {'peak RSS MB':>12s}   ratios of the rounds")
     for name, c in costs.items():
+        ratios = ' '.join(f"{r['ms_per_step'] / a['ms_per_step']:.2f}" for r, a in zip(samples[name], samples['adam']))
         print(f"{name:12s} {c['ms_per_step']:8.1f} {c['ms_per_step'] / costs['adam']['ms_per_step']:7.2f} "
-              f"{c['peak_rss_mb']:12.0f}")
+              f"{c['peak_rss_mb']:12.0f}   {ratios}")
     if args.skip_convergence:
         return
     results = convergence(args.epochs, args.target)
