@@ -40,10 +40,11 @@ def step_cost(name, hessian_interval, epochs=3):
                               hessian_interval=hessian_interval)
     solver = JointSolver(data, settings)
     solver.run(1)  # compile
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     solver.run(epochs)
     steps = epochs * int(np.ceil(len(data.positions) / settings.batch_size))
     return {'ms_per_step': 1e3 * (time.perf_counter() - start) / steps,
+            'cpu_ms_per_step': 1e3 * (time.process_time() - start_cpu) / steps,
             'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -111,10 +112,13 @@ def main():
     costs = {label: {key: float(np.median([r[key] for r in rounds])) for key in rounds[0]}
              for label, rounds in samples.items()}
     print(f"== joint W1Net step (network group), 128-px frames, batch 8; median of {args.rounds} interleaved rounds ==")
-    print(f"{'optimizer':12s} {'ms/step':>8s} {'x Adam':>7s} {'peak RSS MB':>12s}   ratios of the rounds")
+    print("(wall ms per step; CPU ms per step, both cores summed, which other load on the machine disturbs less)")
+    print(f"{'optimizer':12s} {'ms/step':>8s} {'x Adam':>7s} {'CPU ms':>8s} {'x Adam':>7s} {'peak RSS MB':>12s}"
+          f"   wall ratios of the rounds")
     for name, c in costs.items():
         ratios = ' '.join(f"{r['ms_per_step'] / a['ms_per_step']:.2f}" for r, a in zip(samples[name], samples['adam']))
         print(f"{name:12s} {c['ms_per_step']:8.1f} {c['ms_per_step'] / costs['adam']['ms_per_step']:7.2f} "
+              f"{c['cpu_ms_per_step']:8.1f} {c['cpu_ms_per_step'] / costs['adam']['cpu_ms_per_step']:7.2f} "
               f"{c['peak_rss_mb']:12.0f}   {ratios}")
     if args.skip_convergence:
         return

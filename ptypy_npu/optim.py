@@ -86,11 +86,12 @@ class Lion(nn.Optimizer):
         update = ops.sign(ops.lerp(self.moment, gradient, 1 - self.beta1))
         if self.decay > 0:
             update = update + self.decay * self.flat(self.parameters)
-        moment = ops.lerp(self.moment, gradient, 1 - self.beta2)
+        moment_weight = 1 - self.beta2
         if self.lazy:
             touched = ops.cast(gradient != 0, gradient.dtype)
             update = update * touched
-            moment = self.moment + touched * (moment - self.moment)
+            moment_weight = moment_weight * touched  # lerp by 0 keeps the moment where nothing was lit
+        moment = ops.lerp(self.moment, gradient, moment_weight)
         steps = ops.split(lr * update, self.sizes)
         for param, step in zip(self.parameters, steps):
             ops.assign_sub(param, step.reshape(param.shape))
