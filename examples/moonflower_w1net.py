@@ -1,6 +1,7 @@
 """DM, then W1Net, on PtyPy's simulated MoonFlowerScan; prints PtyPy's errors and the true object error.
 
     ONEDNN_MAX_CPU_ISA=AVX2 GLOG_v=3 python examples/moonflower_w1net.py [--frames 200] [--dm 50] [--w1net 40]
+    ONEDNN_MAX_CPU_ISA=AVX2 GLOG_v=3 mpiexec -n 2 python examples/moonflower_w1net.py   # frames shared by 2 ranks
 
 Needs PtyPy (install it from its upstream repository, see README). Writes .ptyr files
 under ./results/moonflower/.
@@ -10,18 +11,23 @@ import argparse
 import ptypy_npu  # noqa: F401  (registers the W1Net engine with PtyPy)
 from ptypy import utils as u
 from ptypy.core import Ptycho
+from ptypy.utils import parallel
 
 from ptypy_npu.metrics import registered_error
 from ptypy_npu.moonflower import moonflower_scan, true_object, use_structured_object
 
 
 def report(P, label):
-    info = P.runtime.iter_info[-1]
+    """PtyPy's last errors and the registered object error against the truth, printed by rank 0."""
+    if not parallel.master:  # every rank holds the same object
+        return
     truth, region = true_object(P)
     error = registered_error(next(iter(P.obj.storages.values())).data[0], truth, region)
-    fourier, photon, exit_error = info['error']
-    print(f"after {label:6s}: PtyPy errors fourier {fourier:.3g}, photon {photon:.3g}, exit {exit_error:.3g}; "
-          f"object error against the truth {error:.4f}")
+    errors = ''
+    if P.runtime.get('iter_info'):
+        fourier, photon, exit_error = P.runtime.iter_info[-1]['error']
+        errors = f"PtyPy errors fourier {fourier:.3g}, photon {photon:.3g}, exit {exit_error:.3g}; "
+    print(f"{label:>11s}: {errors}object error against the truth {error:.4f}")
 
 
 def main():
@@ -33,7 +39,9 @@ def main():
                         help='W1Net epochs of physics-only refinement before its network joins')
     args = parser.parse_args()
 
-    print('structured object:', use_structured_object())
+    structured = use_structured_object()
+    if parallel.master:
+        print('structured object:', structured)
     p = u.Param()
     p.verbose_level = 'warning'
     p.io = u.Param(home='results/moonflower', autosave=u.Param(active=False), interaction=u.Param(active=False))
@@ -43,11 +51,11 @@ def main():
     # continues from DM's object and probe
     p.engines.e01 = u.Param(name='W1Net', numiter=args.w1net, network=u.Param(start=args.network_start))
     P = Ptycho(p, level=4)
-    print('initial object error against the truth:', f"{registered_error(next(iter(P.obj.storages.values())).data[0], *true_object(P)):.4f}")
+    report(P, 'initial')
     P.run('e00')
-    report(P, 'DM')
+    report(P, 'after DM')
     P.run('e01')
-    report(P, 'W1Net')
+    report(P, 'after W1Net')
 
 
 if __name__ == '__main__':

@@ -341,10 +341,6 @@ def compare(tree, contestants, out, seed=0, sample_every=5, force=False, halves=
     from ptypy.engines import by_name
     from ptypy.utils import parallel
     check_output_folder(out, OUTPUT_FILES + tuple(ptyr_name(c.name) for c in contestants), force)
-    single = sorted({e['name'] for c in contestants for e in c.engines if getattr(by_name(e['name']), 'single_process',
-                                                                                  False)})
-    if parallel.size > 1 and single:
-        raise ValueError(f"--engines: {', '.join(single)} runs in one process only; compare it without mpiexec")
     check_sample_every(sample_every)
     if halves:
         _halves(tree)  # refuse unsuitable scans before anything runs

@@ -5,6 +5,10 @@ needs PtyPy. Each ``prepare`` turns the active views of the single scan into a
 :class:`~ptypy_npu.solver.ScanData` (frames, mask, object positions, probe, object and
 the scan's propagator factors); each ``iterate`` trains and writes object and probe back
 into PtyPy's storages, so chaining with DM/ePIE/ML, autosave and ``.ptyr`` output work.
+
+Under MPI (``mpiexec -n N``) each rank trains on the frames PtyPy made active on it; the
+solver sums gradients over the ranks through PtyPy's communicator, so every rank holds
+the same network, object and probe.
 """
 import dataclasses
 import os
@@ -15,6 +19,7 @@ from ptypy.engines.base import BaseEngine
 from ptypy.utils import parallel
 from ptypy.utils.verbose import logger
 
+from .distributed import communicator
 from .networks import copy_weights, network_weights
 from .solver import OBJECT_LION_OPTIONS, GroupSettings, JointSolver, ScanData, SolverSettings, select_device
 
@@ -52,7 +57,7 @@ class W1Net(BaseEngine):
     default = 4
     type = int
     lowlim = 1
-    help = Frames per optimisation step
+    help = Frames per optimisation step, over all MPI ranks (each rank takes batch_size / ranks); a multiple of the number of ranks
 
     [loss]
     default = gaussian
@@ -252,9 +257,6 @@ class W1Net(BaseEngine):
     help = Model directory to write when the engine finishes; an existing one is never replaced
     """
 
-    #: Runs in one MPI process only: its gradients are not yet summed over ranks.
-    single_process = True
-
     SUPPORTED_MODELS = [Full, Vanilla, BlockFull, BlockVanilla]
 
     def __init__(self, ptycho_parent, pars=None):
@@ -267,6 +269,7 @@ class W1Net(BaseEngine):
         self.model = None
         self._view_ids = None
         self._inferred_errors = None
+        self.communicator = communicator(parallel.comm)
 
     def _solver_settings(self):
         p = self.p
@@ -290,8 +293,6 @@ class W1Net(BaseEngine):
 
     def engine_initialize(self):
         """Check every setting (names, ranges, device) before any container is touched."""
-        if parallel.size > 1 and self.single_process:
-            raise NotImplementedError("W1Net does not yet reduce gradients over MPI ranks; run it in one process")
         self.settings = self._solver_settings()
         self.settings.validate()
         select_device(self.settings.device)
@@ -343,10 +344,12 @@ class W1Net(BaseEngine):
     @staticmethod
     def _clip_outliers(obj, views):
         """``obj`` (Ho, Wo) with amplitudes above ``HANDOVER_AMPLITUDE_LIMIT`` x their median
-        under the views scaled down to that limit (phases kept); warns with the count."""
-        lit = np.zeros(obj.shape, bool)
+        under the views scaled down to that limit (phases kept); warns with the count. Under MPI
+        the region is that of all ranks' views, so every rank clips the same pixels."""
+        lit = np.zeros(obj.shape, np.int32)
         for view in views:
-            lit[view.dlow[0]:view.dhigh[0], view.dlow[1]:view.dhigh[1]] = True
+            lit[view.dlow[0]:view.dhigh[0], view.dlow[1]:view.dhigh[1]] = 1
+        lit = parallel.allreduce(lit) > 0
         amplitude = np.abs(obj)
         limit = HANDOVER_AMPLITUDE_LIMIT * np.median(amplitude[lit])
         outliers = amplitude > limit
@@ -369,13 +372,14 @@ class W1Net(BaseEngine):
             settings.network_start = 0 if self.p.mode == 'finetune' else settings.network_start
             input_scale, weights = self.model.sidecar['input']['scale'], network_weights(self.model.network)
         if self.p.mode == 'infer':
-            obj = self.model.reconstruct(data)
-            self.solver = JointSolver(dataclasses.replace(data, obj=obj), dataclasses.replace(settings, network=None))
+            obj = self.model.reconstruct(data, communicator=self.communicator)
+            self.solver = JointSolver(dataclasses.replace(data, obj=obj), dataclasses.replace(settings, network=None),
+                                      communicator=self.communicator)
             self._inferred_errors = None
             return
         if self.solver is not None and self.solver.network is not None:
             weights = network_weights(self.solver.network)
-        self.solver = JointSolver(data, settings, input_scale=input_scale)
+        self.solver = JointSolver(data, settings, input_scale=input_scale, communicator=self.communicator)
         if weights is not None:
             copy_weights(weights, self.solver.network)
         checkpoint = self.p.checkpoint.path
@@ -418,7 +422,7 @@ class W1Net(BaseEngine):
     def engine_finalize(self):
         """Object and probe are already in PtyPy's storages; save the model if asked; release the solver."""
         self._write_back()
-        if self.p.model.save is not None:
+        if self.p.model.save is not None and parallel.master:  # every rank holds the same network
             from .models import save_model
             save_model(self.p.model.save, self.solver)
             logger.info(f"W1Net: saved the trained network to {self.p.model.save}")

@@ -99,12 +99,19 @@ class TrainedModel:
         """Object patches, complex (N, H, W), of measured intensities (N, H, W) in photons."""
         return predict_patches(self.network, network_input(intensities, self.sidecar['input']['scale']), batch_size)
 
-    def reconstruct(self, data, batch_size=64, fill=None):
-        """Stitched object (Ho, Wo) of a ScanData in one pass; unlit pixels keep ``fill`` (default data.obj)."""
+    def reconstruct(self, data, batch_size=64, fill=None, communicator=None):
+        """Stitched object (Ho, Wo) of a ScanData in one pass; unlit pixels keep ``fill`` (default data.obj).
+
+        ``communicator`` (:mod:`.distributed`): each rank stitches its own frames and the
+        weighted sums are added over the ranks, so every rank gets the object of all frames.
+        """
         self.check(data)
         stream = StreamingReconstruction(self, np.shape(data.obj), data.probe, batch_size,
                                          fill=data.obj if fill is None else fill)
         stream.feed(data.intensities, data.positions)
+        if communicator is not None:
+            communicator.allreduce(stream.numerator)
+            communicator.allreduce(stream.denominator)
         return stream.object
 
 

@@ -33,6 +33,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from . import physics, plugins
+from .distributed import SingleProcess
 from .networks import network_input, predict_patches
 from .optim import HessianVectorProduct, rademacher_like
 
@@ -293,53 +294,91 @@ class _ObjectiveLoss(nn.Cell):
         return self.objective(amplitudes, intensities, mask, indices)[0]
 
 
-class JointStep(nn.Cell):
-    """One compiled optimisation step of network, object and probe on a minibatch.
+class JointGradient(nn.Cell):
+    """Gradients of one minibatch and the illumination it brought, before any step.
 
-    ``construct(amplitudes, intensities, mask, indices, probe_on)`` returns the loss and
-    the per-frame errors of the object's model before the step; ``probe_on`` (float 0/1)
-    switches probe refinement without recompiling.
+    ``construct(amplitudes, intensities, mask, indices)`` returns ``(outputs, grads,
+    object_illumination, patch_power)``: the objective's outputs (loss and per-frame
+    errors), the gradients of ``weights`` (object re/im, probe re/im, then the network's),
+    ``sum_frames |P|^2`` on each flat object pixel (Ho*Wo,) and ``sum_frames |O_j|^2`` on
+    each probe pixel (H, W). All but the errors are sums over frames, so a distributed
+    run adds them up over its ranks to obtain those of the global batch.
     """
 
-    def __init__(self, objective, optimizers, regularisation, curvature):
+    def __init__(self, objective, weights):
         super().__init__()
         self.objective = objective
+        self.grad_fn = ms.value_and_grad(objective, None, weights, has_aux=True)
+        self.object_pixels = objective.object_re.shape[0]
+
+    def construct(self, amplitudes, intensities, mask, indices):
+        outputs, grads = self.grad_fn(amplitudes, intensities, mask, indices)
+        objective = self.objective
+        probe_power = (ops.square(objective.probe_re) + ops.square(objective.probe_im)).sum(axis=0)
+        object_illumination = physics.scatter_add_patches(
+            ops.tile(probe_power.expand_dims(0), (indices.shape[0], 1, 1)), indices, self.object_pixels)
+        patch_re, patch_im = objective.patches(indices)
+        patch_power = (ops.square(patch_re) + ops.square(patch_im)).sum(axis=0)
+        return outputs, grads, object_illumination, patch_power
+
+
+class JointUpdate(nn.Cell):
+    """One optimizer step per parameter group from (global) gradients and illumination.
+
+    ``construct(grads, object_illumination, patch_power, probe_on)`` as returned by
+    :class:`JointGradient`; object and probe gradients are divided by the illumination
+    (the step normaliser) unless their optimizer is second-order; ``probe_on`` (float
+    0/1) switches probe refinement without recompiling.
+    """
+
+    def __init__(self, optimizers, use_network, regularisation, curvature):
+        super().__init__()
         self.object_optimizer, self.probe_optimizer, self.network_optimizer = optimizers
-        self.object_params = self.object_optimizer.parameters
-        self.probe_params = self.probe_optimizer.parameters
-        self.use_network = objective.use_network
-        weights = list(self.object_params) + list(self.probe_params)
-        if self.use_network:
-            weights += list(self.network_optimizer.parameters)
-        self.weights = ms.ParameterTuple(weights)
-        self.grad_fn = ms.value_and_grad(objective, None, self.weights, has_aux=True)
+        self.use_network = use_network
         self.regularisation = regularisation
         self.curvature = curvature
-        self.object_pixels = objective.object_re.shape[0]
         # second-order optimizers bring their own curvature: no illumination normalisation for them
         self.normalise_object = not getattr(self.object_optimizer, 'needs_hessian', False)
         self.normalise_probe = not getattr(self.probe_optimizer, 'needs_hessian', False)
 
-    def construct(self, amplitudes, intensities, mask, indices, probe_on):
-        (loss, fourier, photon, exit_error), grads = self.grad_fn(amplitudes, intensities, mask, indices)
-        objective = self.objective
+    def construct(self, grads, object_illumination, patch_power, probe_on):
         object_scale = 1.0
         if self.normalise_object:
-            probe_power = (ops.square(objective.probe_re) + ops.square(objective.probe_im)).sum(axis=0)
-            illumination = physics.scatter_add_patches(
-                ops.tile(probe_power.expand_dims(0), (indices.shape[0], 1, 1)), indices, self.object_pixels)
-            object_scale = physics.inverse_illumination(illumination, self.regularisation, self.curvature)
+            object_scale = physics.inverse_illumination(object_illumination, self.regularisation, self.curvature)
         probe_scale = probe_on
         if self.normalise_probe:
-            patch_re, patch_im = objective.patches(indices)
-            patch_power = (ops.square(patch_re) + ops.square(patch_im)).sum(axis=0)
             probe_scale = physics.inverse_illumination(patch_power, self.regularisation, self.curvature,
                                                        robust=True) * probe_on
         self.object_optimizer((grads[0] * object_scale, grads[1] * object_scale))
         self.probe_optimizer((grads[2] * probe_scale, grads[3] * probe_scale))
         if self.use_network:
             self.network_optimizer(grads[4:])
-        return loss, fourier, photon, exit_error
+
+
+class JointStep(nn.Cell):
+    """One compiled optimisation step of network, object and probe on a minibatch.
+
+    :class:`JointGradient` then :class:`JointUpdate` in one graph (one process);
+    a distributed run calls the two halves itself and sums over ranks between them.
+    ``construct(amplitudes, intensities, mask, indices, probe_on)`` returns the loss and
+    the per-frame errors of the object's model before the step.
+    """
+
+    def __init__(self, objective, optimizers, regularisation, curvature):
+        super().__init__()
+        self.objective = objective
+        self.object_optimizer, self.probe_optimizer, self.network_optimizer = optimizers
+        self.use_network = objective.use_network
+        weights = list(self.object_optimizer.parameters) + list(self.probe_optimizer.parameters)
+        if self.use_network:
+            weights += list(self.network_optimizer.parameters)
+        self.gradient = JointGradient(objective, ms.ParameterTuple(weights))
+        self.update = JointUpdate(optimizers, self.use_network, regularisation, curvature)
+
+    def construct(self, amplitudes, intensities, mask, indices, probe_on):
+        outputs, grads, object_illumination, patch_power = self.gradient(amplitudes, intensities, mask, indices)
+        self.update(grads, object_illumination, patch_power, probe_on)
+        return outputs
 
 
 class JointSolver:
@@ -353,18 +392,42 @@ class JointSolver:
     and exit error (network/object exit-wave mismatch, 0 without a network) per frame.
     """
 
-    def __init__(self, data, settings=None, input_scale=None):
-        """``input_scale``: the network input normalisation of a trained model (default: this scan's)."""
+    def __init__(self, data, settings=None, input_scale=None, communicator=None, shard_sizes=None):
+        """``input_scale``: the network input normalisation of a trained model (default: this scan's).
+
+        Distributed (MPI): every rank builds a solver from its own frames (``data``) with the
+        same object, probe, settings and seed, and a ``communicator`` (:mod:`.distributed`).
+        Each step then takes ``batch_size / ranks`` frames from every rank and sums the
+        gradients and the batch illumination over the ranks, so all ranks keep identical
+        weights, object and probe. ``shard_sizes`` (frame counts, the data holding the
+        shards' frames one after another) makes a single process compose its batches in
+        the same way from shards, and so take the steps of a distributed run over them.
+        """
         self.settings = settings or SolverSettings()
         self.data = data.validate()
-        self.settings.validate(n_frames=self.data.intensities.shape[0])
+        self.communicator = communicator or SingleProcess()
+        n, h, w = self.data.intensities.shape
+        if self.communicator.size > 1:
+            if shard_sizes is not None:
+                raise ValueError("shard_sizes: a distributed solver takes the ranks' frame counts from its communicator")
+            self.shard_sizes = self.communicator.allgather(n)
+            self.shard_offsets = {self.communicator.rank: 0}
+        else:
+            self.shard_sizes = [n] if shard_sizes is None else list(shard_sizes)
+            if sum(self.shard_sizes) != n or min(self.shard_sizes) < 1:
+                raise ValueError(f"shard_sizes must be frame counts >= 1 adding up to the {n} frames, got {shard_sizes}")
+            self.shard_offsets = dict(enumerate(np.cumsum([0] + self.shard_sizes[:-1]).tolist()))
+        self.settings.validate(n_frames=sum(self.shard_sizes))
+        if self.settings.batch_size % len(self.shard_sizes):
+            raise ValueError(f"batch_size {self.settings.batch_size} must be a multiple of the {len(self.shard_sizes)} "
+                             "ranks: every step takes batch_size / ranks frames from each rank")
         select_device(self.settings.device)
         ms.set_seed(self.settings.seed)
         self.rng = np.random.default_rng(self.settings.seed)
-        n, h, w = self.data.intensities.shape
         self.object_shape = self.data.obj.shape
         self.indices = patch_indices(self.data.positions, (h, w), self.object_shape)
-        self.input_scale = float(input_scale or np.log1p(self.data.intensities.max()))
+        brightest = self.communicator.allreduce(np.array([self.data.intensities.max()], np.float64), op='max')[0]
+        self.input_scale = float(input_scale or np.log1p(brightest))
         self.amplitudes = network_input(self.data.intensities, self.input_scale)
         self.mask = self.data.mask.astype(np.float32)
         self.network = self._build_network(h)
@@ -419,10 +482,21 @@ class JointSolver:
             optimizers.append(None)
         return optimizers
 
-    def _batches(self, order):
-        """Frame indices ``order`` cut into batches, the last filled up from the start."""
-        b = self.settings.batch_size
-        return np.concatenate([order, order[:(-len(order)) % b]]).reshape(-1, b)
+    def _epoch_batches(self):
+        """This process's frames for every step of one epoch, (steps, local batch) indices into its data.
+
+        Every shard (rank) is shuffled and cut into rows of ``batch_size / shards`` frames,
+        filled up to the longest shard's number of steps; each process draws the order of
+        every shard, so the shared RNG stays equal on all ranks.
+        """
+        per_shard = self.settings.batch_size // len(self.shard_sizes)
+        steps = -(-max(self.shard_sizes) // per_shard)
+        parts = []
+        for shard, size in enumerate(self.shard_sizes):
+            order = np.resize(self.rng.permutation(size), steps * per_shard).reshape(steps, per_shard)
+            if shard in self.shard_offsets:
+                parts.append(order + self.shard_offsets[shard])
+        return np.concatenate(parts, axis=1)
 
     def _inputs(self, batch):
         return (Tensor(self.amplitudes[batch]), Tensor(self.data.intensities[batch]), Tensor(self.mask[batch]),
@@ -447,6 +521,8 @@ class JointSolver:
         probes = rademacher_like(params, self.rng)
         product.set_vectors(probes)
         products = product(*inputs)
+        if self.communicator.size > 1:
+            products = self._allreduce(products)
         first = 0
         for optimizer in optimizers:
             count = len(optimizer.parameters)
@@ -479,6 +555,7 @@ class JointSolver:
                 warnings.warn(f"the loss became {losses[-1]} in epoch {self.epoch}: rolled back to the epoch's "
                               "start and halved every learning rate", RuntimeWarning)
             self._hold_probe_power()
+            self._average_network_statistics()
             self.epoch += 1
             self.history.append({'epoch': self.epoch, 'time': time.perf_counter(), 'loss': float(np.sum(losses)),
                                  'error': self.errors.mean(0)})
@@ -490,17 +567,48 @@ class JointSolver:
         probe_on = Tensor(np.float32(start is not None and self.epoch >= start))
         step = self.step if self.network_active else self.physics_step
         losses = []
-        for batch in self._batches(self.rng.permutation(len(self.indices))):
+        for batch in self._epoch_batches():
             inputs = self._inputs(batch)
             if self.steps_taken % self.settings.hessian_interval == 0:
                 self._refresh_hessian(step, inputs)
-            loss, fourier, photon, exit_error = step(*inputs, probe_on)
+            loss, fourier, photon, exit_error = self._step(step, inputs, probe_on)
             self.steps_taken += 1
             self.errors[batch] = np.stack([fourier.asnumpy(), photon.asnumpy(), exit_error.asnumpy()], 1)
             losses.append(float(loss.asnumpy()))
             if not math.isfinite(losses[-1]):
                 break
         return losses
+
+    def _step(self, step, inputs, probe_on):
+        """One step on this process's part of the batch: (loss of the global batch, local per-frame errors)."""
+        if self.communicator.size == 1:
+            return step(*inputs, probe_on)
+        (loss, fourier, photon, exit_error), grads, object_illumination, patch_power = step.gradient(*inputs)
+        loss, *grads, object_illumination, patch_power = self._allreduce(
+            (loss,) + tuple(grads) + (object_illumination, patch_power))
+        step.update(tuple(grads), object_illumination, patch_power, probe_on)
+        return loss, fourier, photon, exit_error
+
+    def _allreduce(self, tensors):
+        """float32 ``tensors`` summed over the ranks, through one buffer (one MPI call)."""
+        arrays = [t.asnumpy() for t in tensors]
+        buffer = self.communicator.allreduce(np.concatenate([a.ravel() for a in arrays]).astype(np.float32))
+        bounds = np.cumsum([0] + [a.size for a in arrays])
+        return [Tensor(buffer[lo:hi].reshape(a.shape)) for a, lo, hi in zip(arrays, bounds[:-1], bounds[1:])]
+
+    def _average_network_statistics(self):
+        """Average the network's BatchNorm running statistics over the ranks.
+
+        Each rank normalises its own part of the batch (as data-parallel training without
+        synchronised BatchNorm does), so its running statistics drift apart; they are
+        exponential averages, linear in the batch statistics, so averaging them once an
+        epoch equals averaging every step.
+        """
+        if self.communicator.size == 1 or self.network is None:
+            return
+        statistics = [p for p in self.network.get_parameters() if not p.requires_grad]
+        for param, total in zip(statistics, self._allreduce(statistics)):
+            ops.assign(param, total / self.communicator.size)
 
     def _named_parameters(self):
         """{name: Parameter} of everything the full step holds (weights, object, probe, optimizer
@@ -524,7 +632,6 @@ class JointSolver:
         for optimizer in (self.step.object_optimizer, self.step.probe_optimizer, self.step.network_optimizer):
             if optimizer is not None:
                 ops.assign(optimizer.learning_rate, optimizer.learning_rate * 0.5)
-        return self.errors.copy()
 
     def evaluate(self):
         """PtyPy's per-frame errors (N, 3) of the current object and probe, without a step.
@@ -532,7 +639,8 @@ class JointSolver:
         Fourier and photon errors as in :meth:`run`; the exit error (a training quantity) is 0.
         """
         errors = np.zeros((len(self.indices), 3))
-        for batch in self._batches(np.arange(len(self.indices))):
+        n, size = len(self.indices), self.settings.batch_size // len(self.shard_sizes) * len(self.shard_offsets)
+        for batch in np.resize(np.arange(n), -(-n // size) * size).reshape(-1, size):  # the step's batch shape
             _, fourier, photon, _ = self.physics_step.objective(*self._inputs(batch))
             errors[batch, 0], errors[batch, 1] = fourier.asnumpy(), photon.asnumpy()
         return errors
@@ -556,12 +664,15 @@ class JointSolver:
         """Save network, object, probe, every optimizer's state, the epoch and the shuffling RNG state.
 
         ``path`` must end in ``.ckpt``. Written to a temporary file in the same folder and
-        renamed, so a crash while saving never leaves a broken checkpoint behind.
+        renamed, so a crash while saving never leaves a broken checkpoint behind. In a
+        distributed run all ranks hold the same state and rank 0 alone writes it.
         """
         if not str(path).endswith('.ckpt'):
             raise ValueError(f"checkpoint path must end in .ckpt, got {path!r}")
         folder, name = os.path.split(os.path.abspath(path))
         temporary = os.path.join(folder, f".{name[:-5]}.partial.ckpt")
+        if self.communicator.rank != 0:
+            return
         parameters = [{'name': name, 'data': p} for name, p in self._named_parameters().items()]
         ms.save_checkpoint(parameters, temporary, append_dict={
             'epoch': self.epoch, 'steps_taken': self.steps_taken, 'rng_state': json.dumps(self.rng.bit_generator.state)})

@@ -48,6 +48,13 @@ def run(p, level=5):
     return Ptycho(p, level=level)
 
 
+def object_error(P):
+    """Registered error of PtyPy's object against MoonFlowerScan's truth."""
+    from ptypy_npu.moonflower import true_object
+    truth, region = true_object(P)
+    return registered_error(next(iter(P.obj.storages.values())).data[0], truth, region)
+
+
 def write_tike_layout(path, data):
     """``data`` (a ScanData) in the layout of shared/data: corner-centred frames, float positions
     moved by -3.3 px, nested probe axes."""

@@ -4,16 +4,9 @@ import importlib.util
 import numpy as np
 import pytest
 
-from helpers import parameter_tree, run
+from helpers import object_error, parameter_tree, run
 
 pytestmark = pytest.mark.ptypy
-
-
-def object_error(P):
-    from ptypy_npu.metrics import registered_error
-    from ptypy_npu.moonflower import true_object
-    truth, region = true_object(P)
-    return registered_error(next(iter(P.obj.storages.values())).data[0], truth, region)
 
 
 def test_w1net_is_registered_with_its_defaults():

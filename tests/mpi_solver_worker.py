@@ -1,0 +1,36 @@
+"""Run under ``mpiexec -n N``: each rank reconstructs its shard of a simulated scan with the
+distributed JointSolver and saves what it ends with to ``OUT/rank{r}.npz``.
+
+Rank r holds frames r, r + N, r + 2N, ... (``shard``): the single-process solver in
+tests/test_distributed.py composes its batches from the same shards.
+"""
+import dataclasses
+import json
+import sys
+
+import numpy as np
+
+from ptypy_npu.distributed import communicator
+from ptypy_npu.simulate import simulate_scan
+from ptypy_npu.solver import JointSolver, SolverSettings, select_device
+
+SCAN = {'frame_size': 64, 'count': 30, 'photons': 1e6, 'seed': 3}
+
+
+def shard(data, rank, size):
+    """Rank ``rank``'s frames of ``data``: every ``size``-th frame from ``rank`` on."""
+    return dataclasses.replace(data, intensities=data.intensities[rank::size], positions=data.positions[rank::size])
+
+
+if __name__ == '__main__':
+    from mpi4py import MPI
+    out, epochs, arguments = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+    select_device('CPU')
+    comm = communicator(MPI.COMM_WORLD)
+    data, _ = simulate_scan(**SCAN)
+    solver = JointSolver(shard(data, comm.rank, comm.size), SolverSettings(**arguments), communicator=comm)
+    errors = solver.run(epochs)
+    network = {} if solver.network is None else {f'network.{name}': p.asnumpy()
+                                                 for name, p in solver.network.parameters_and_names()}
+    np.savez(f'{out}/rank{comm.rank}.npz', object=solver.object, probe=solver.probe, errors=errors,
+             losses=[h['loss'] for h in solver.history], **network)
