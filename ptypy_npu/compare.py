@@ -338,7 +338,6 @@ def compare(tree, contestants, out, seed=0, sample_every=5, force=False, halves=
     report ``frc_halves_px``, the resolution where no truth is known. Under MPI all ranks run
     the engines and rank 0 alone scores and writes. Returns the :class:`Result` list (scored on rank 0).
     """
-    from ptypy.engines import by_name
     from ptypy.utils import parallel
     check_output_folder(out, OUTPUT_FILES + tuple(ptyr_name(c.name) for c in contestants), force)
     check_sample_every(sample_every)
