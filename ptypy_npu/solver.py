@@ -586,7 +586,8 @@ class JointSolver:
         (loss, fourier, photon, exit_error), grads, object_illumination, patch_power = step.gradient(*inputs)
         loss, *grads, object_illumination, patch_power = self._allreduce(
             (loss,) + tuple(grads) + (object_illumination, patch_power))
-        step.update(tuple(grads), object_illumination, patch_power, probe_on)
+        # mutable: a tuple argument is otherwise a constant of the graph, recompiled for every new value
+        step.update(ms.mutable(tuple(grads)), object_illumination, patch_power, probe_on)
         return loss, fourier, photon, exit_error
 
     def _allreduce(self, tensors):
