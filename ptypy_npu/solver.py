@@ -593,7 +593,7 @@ class JointSolver:
     def _allreduce(self, tensors):
         """float32 ``tensors`` summed over the ranks, through one buffer (one MPI call)."""
         arrays = [t.asnumpy() for t in tensors]
-        buffer = self.communicator.allreduce(np.concatenate([a.ravel() for a in arrays]).astype(np.float32))
+        buffer = self.communicator.allreduce(np.concatenate([a.ravel() for a in arrays], dtype=np.float32))
         bounds = np.cumsum([0] + [a.size for a in arrays])
         return [Tensor(buffer[lo:hi].reshape(a.shape)) for a, lo, hi in zip(arrays, bounds[:-1], bounds[1:])]
 
