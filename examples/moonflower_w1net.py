@@ -2,12 +2,15 @@
 
     ONEDNN_MAX_CPU_ISA=AVX2 GLOG_v=3 python examples/moonflower_w1net.py [--frames 200] [--dm 50] [--w1net 40]
     ONEDNN_MAX_CPU_ISA=AVX2 GLOG_v=3 mpiexec -n 2 python examples/moonflower_w1net.py   # frames shared by 2 ranks
+    ONEDNN_MAX_CPU_ISA=AVX2 GLOG_v=3 msrun --worker_num=2 --local_worker_num=2 --log_dir=msrun_logs \
+        --join=True examples/moonflower_w1net.py --distributed mindspore   # MindSpore's collectives; logs per worker
 
 Needs PtyPy (install it from its upstream repository, see README). Writes .ptyr files
 under ./results/moonflower/.
 """
 import argparse
 
+import numpy as np
 import ptypy_npu  # noqa: F401  (registers the W1Net engine with PtyPy)
 from ptypy import utils as u
 from ptypy.core import Ptycho
@@ -37,6 +40,10 @@ def main():
     parser.add_argument('--w1net', type=int, default=40, help='W1Net epochs')
     parser.add_argument('--network-start', type=int, default=20,
                         help='W1Net epochs of physics-only refinement before its network joins')
+    parser.add_argument('--distributed', choices=['mpi', 'mindspore'], default='mpi',
+                        help="W1Net's channel between processes: 'mpi' under mpiexec, 'mindspore' under msrun")
+    parser.add_argument('--precision', choices=['float32', 'float16', 'bfloat16'], default='float32',
+                        help="W1Net's network arithmetic (bfloat16 needs a GPU or Ascend)")
     args = parser.parse_args()
 
     structured = use_structured_object()
@@ -49,7 +56,9 @@ def main():
     p.engines = u.Param()
     p.engines.e00 = u.Param(name='DM', numiter=args.dm)
     # continues from DM's object and probe
-    p.engines.e01 = u.Param(name='W1Net', numiter=args.w1net, network=u.Param(start=args.network_start))
+    p.engines.e01 = u.Param(name='W1Net', numiter=args.w1net, network=u.Param(start=args.network_start),
+                            distributed=args.distributed, precision=args.precision)
+    np.random.seed(0)  # MoonFlowerScan's Poisson noise: the same data in every process msrun starts
     P = Ptycho(p, level=4)
     report(P, 'initial')
     P.run('e00')

@@ -1,9 +1,16 @@
-"""The processes of one reconstruction: what the solver needs of MPI, and nothing more.
+"""The processes of one reconstruction: what the solver needs of them, and nothing more.
 
 :class:`JointSolver` sums gradients, batch illumination and Hessian-vector products over
 the ranks with :meth:`allreduce` and learns the ranks' frame counts with :meth:`allgather`.
-The PtyPy engine hands it PtyPy's own communicator (``ptypy.utils.parallel.comm``), the
-channel PtyPy's engines use; a standalone script can hand it ``mpi4py.MPI.COMM_WORLD``.
+Two channels provide them:
+
+* MPI (:class:`MPICommunicator`, launched with ``mpiexec``): the PtyPy engine hands it
+  PtyPy's own communicator (``ptypy.utils.parallel.comm``), the channel PtyPy's engines
+  use; a standalone script can hand it ``mpi4py.MPI.COMM_WORLD``. Sums pass through the host.
+* MindSpore's collective communication (:class:`MindSporeCommunicator`, launched with
+  ``msrun``): HCCL on Ascend, NCCL on GPU, MindSpore's own "mccl" on CPU. Its
+  ``sums_in_graph`` tells the solver to sum the gradients inside the compiled step
+  (``nn.DistributedGradReducer``), so on a device they never leave it.
 """
 import numpy as np
 
@@ -13,6 +20,7 @@ class SingleProcess:
 
     size = 1
     rank = 0
+    sums_in_graph = False
 
     def allreduce(self, array, op='sum'):
         return array
@@ -23,6 +31,8 @@ class SingleProcess:
 
 class MPICommunicator:
     """Collectives over an mpi4py communicator ``comm``."""
+
+    sums_in_graph = False
 
     def __init__(self, comm):
         from mpi4py import MPI
@@ -42,6 +52,69 @@ class MPICommunicator:
     def allgather(self, value):
         """The list of every rank's ``value`` (any picklable object), in rank order."""
         return self.comm.allgather(value)
+
+
+class MindSporeCommunicator:
+    """Collectives of MindSpore's world group, for processes launched by ``msrun`` (or, on
+    Ascend, by a rank table or ``mpirun`` as MindSpore documents).
+
+    Initialises MindSpore's collective communication on the device already selected
+    (:func:`~ptypy_npu.solver.select_device`); the backend follows the device (hccl,
+    nccl, mccl). Raises ``RuntimeError`` when the process was not launched for it.
+    """
+
+    sums_in_graph = True
+
+    def __init__(self):
+        from mindspore import communication
+        if not communication.GlobalComm.INITED:
+            try:
+                communication.init()
+            except Exception as error:  # MindSpore raises RuntimeError, sometimes ValueError
+                raise RuntimeError(
+                    "MindSpore's collective communication could not start: launch the processes with "
+                    "`msrun --worker_num=N --local_worker_num=N SCRIPT` (CPU and GPU) or as MindSpore "
+                    f"documents for Ascend (README, 'Scale out'); MindSpore said: {error}") from error
+        self.rank = communication.get_rank()
+        self.size = communication.get_group_size()
+        self._collectives = {}
+
+    def _collective(self, kind):
+        """A compiled cell running one collective (``kind`` 'allreduce' (sum) or 'allgather'), cached."""
+        if kind not in self._collectives:
+            from mindspore import nn, ops
+
+            class Collective(nn.Cell):
+                def __init__(self, primitive):
+                    super().__init__()
+                    self.primitive = primitive
+
+                def construct(self, tensor):
+                    return self.primitive(tensor)
+
+            self._collectives[kind] = Collective(ops.AllGather() if kind == 'allgather' else ops.AllReduce())
+        return self._collectives[kind]
+
+    def allreduce(self, array, op='sum'):
+        """Reduce the float32 numpy ``array`` over all ranks, in place (``op``: 'sum' or 'max'); returns it.
+
+        float32 only, and 'max' through a gather: MindSpore's CPU collectives sum float32 alone.
+        """
+        from mindspore import Tensor
+        if not isinstance(array, np.ndarray) or array.dtype != np.float32:
+            raise TypeError("allreduce over MindSpore's collectives needs a float32 numpy array")
+        if op == 'max':
+            gathered = self._collective('allgather')(Tensor(array.reshape(1, -1))).asnumpy()
+            array[...] = gathered.max(axis=0).reshape(array.shape)
+        else:
+            array[...] = self._collective('allreduce')(Tensor(array)).asnumpy().reshape(array.shape)
+        return array
+
+    def allgather(self, value):
+        """The list of every rank's integer ``value``, in rank order."""
+        from mindspore import Tensor
+        gathered = self._collective('allgather')(Tensor(np.array([value], np.int32)))
+        return [int(v) for v in gathered.asnumpy()]
 
 
 def communicator(comm=None):

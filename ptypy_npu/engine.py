@@ -6,9 +6,16 @@ needs PtyPy. Each ``prepare`` turns the active views of the single scan into a
 the scan's propagator factors); each ``iterate`` trains and writes object and probe back
 into PtyPy's storages, so chaining with DM/ePIE/ML, autosave and ``.ptyr`` output work.
 
-Under MPI (``mpiexec -n N``) each rank trains on the frames PtyPy made active on it; the
-solver sums gradients over the ranks through PtyPy's communicator, so every rank holds
-the same network, object and probe.
+Two ways to spread the frames over processes (parameter ``distributed``), ending with the
+same network, object and probe on every process:
+
+* ``'mpi'`` (``mpiexec -n N``): each rank trains on the frames PtyPy made active on it and
+  the solver sums gradients through PtyPy's communicator (mpi4py), on the host.
+* ``'mindspore'`` (``msrun --worker_num=N``, or MindSpore's Ascend launchers): each process
+  is a PtyPy run of its own holding all frames; the engine gives process r the r-th block
+  of them and the compiled step sums gradients with MindSpore's collectives (HCCL, NCCL,
+  mccl), on the device. Only MindSpore's rank 0 writes files (``.ptyr``, autosaves,
+  models, checkpoints), and PtyPy's reported errors are those of rank 0's frames.
 """
 import dataclasses
 import os
@@ -19,7 +26,7 @@ from ptypy.engines.base import BaseEngine
 from ptypy.utils import parallel
 from ptypy.utils.verbose import logger
 
-from .distributed import communicator
+from .distributed import MindSporeCommunicator, communicator
 from .networks import copy_weights, network_weights
 from .solver import OBJECT_LION_OPTIONS, GroupSettings, JointSolver, ScanData, SolverSettings, select_device
 
@@ -235,6 +242,18 @@ class W1Net(BaseEngine):
     type = bool
     help = Start from checkpoint.path when it exists (same scan and settings); the run then ends as an uninterrupted one would
 
+    [precision]
+    default = float32
+    type = str
+    help = Arithmetic of the network: 'float32', or mixed precision 'float16' (dynamic loss scaling; CPU, GPU, Ascend) or 'bfloat16' (GPU, Ascend); weights, object, probe and physics stay float32
+    choices = ['float32', 'float16', 'bfloat16']
+
+    [distributed]
+    default = mpi
+    type = str
+    help = How processes share the frames: 'mpi' (launch with mpiexec; PtyPy's ranks, gradients summed by mpi4py on the host) or 'mindspore' (launch with msrun, or MindSpore's Ascend launchers; the engine splits the frames over MindSpore's ranks, gradients summed in the compiled step by HCCL/NCCL/mccl)
+    choices = ['mpi', 'mindspore']
+
     [mode]
     default = train
     type = str
@@ -270,6 +289,8 @@ class W1Net(BaseEngine):
         self._view_ids = None
         self._inferred_errors = None
         self.communicator = communicator(parallel.comm)
+        if self.p.distributed == 'mindspore':  # now: PtyPy creates all engines before any runs and saves
+            self._start_mindspore_ranks()
 
     def _solver_settings(self):
         p = self.p
@@ -289,7 +310,7 @@ class W1Net(BaseEngine):
             batch_size=p.batch_size, loss=p.loss, consistency=p.consistency, network_consistency=p.network_consistency,
             probe_update_start=p.probe_update.start,
             illumination_regularisation=p.illumination_regularisation, hessian_interval=p.hessian_interval, max_divergences=p.max_divergences,
-            seed=p.seed, device=p.device)
+            seed=p.seed, device=p.device, precision=p.precision)
 
     def engine_initialize(self):
         """Check every setting (names, ranges, device) before any container is touched."""
@@ -316,13 +337,50 @@ class W1Net(BaseEngine):
         if save is not None and (self.p.mode == 'infer' or self.settings.network is None and load is None):
             raise ValueError("model.save: nothing to save (mode 'infer' or network.name None trains no network)")
 
+    def _start_mindspore_ranks(self):
+        """Join MindSpore's collective communication; ranks above 0 stop PtyPy's file output
+        (also that of the engines before this one)."""
+        select_device(self.p.device)
+        if parallel.size > 1:
+            raise ValueError(f"distributed = 'mindspore' splits the frames over the processes msrun starts, but "
+                             f"PtyPy runs on {parallel.size} MPI ranks: launch with msrun, or set distributed = 'mpi'")
+        try:
+            self.communicator = MindSporeCommunicator()
+        except RuntimeError as error:
+            raise ValueError(f"distributed = 'mindspore': {error}") from error
+        if self.communicator.rank > 0:  # every process is a PtyPy run of its own: one writes
+            io = self.ptycho.p.io
+            io.rfile, io.autosave.active = None, False
+            logger.info(f"W1Net: MindSpore rank {self.communicator.rank} of {self.communicator.size}: "
+                        "PtyPy's .ptyr and autosave files are left to rank 0")
+
+    def _own_views(self, views):
+        """The views this process trains on: all PtyPy made active here, or under distributed =
+        'mindspore' (where PtyPy makes all active everywhere) the rank's contiguous block of them."""
+        if self.p.distributed != 'mindspore':
+            return views
+        rank, size = self.communicator.rank, self.communicator.size
+        if len(views) < size:
+            raise ValueError(f"distributed = 'mindspore': {len(views)} frames cannot be shared by {size} processes")
+        return views[rank * len(views) // size:(rank + 1) * len(views) // size]
+
+    def _rank0(self, array):
+        """Rank 0's copy of the complex ``array`` under distributed = 'mindspore', where every process
+        is a PtyPy run of its own and earlier engines (or a randomly seeded simulation) may leave
+        it different; the ranks must start alike. As given otherwise (PtyPy's ranks agree)."""
+        if self.p.distributed != 'mindspore' or self.communicator.size == 1:
+            return array
+        own = np.stack([array.real, array.imag]).astype(np.float32) * (self.communicator.rank == 0)
+        total = self.communicator.allreduce(own)
+        return (total[0] + 1j * total[1]).astype(array.dtype)
+
     def scan_data(self):
         """The active frames of the single scan as solver arrays, plus their view IDs."""
         if len(self.di.storages) != 1 or len(self.ob.storages) != 1 or len(self.pr.storages) != 1:
             raise NotImplementedError("W1Net handles one scan with one object and one probe storage, found "
                                       f"{len(self.di.storages)} diffraction, {len(self.ob.storages)} object "
                                       f"and {len(self.pr.storages)} probe storages")
-        views = [v for v in self.di.views.values() if v.active]
+        views = self._own_views([v for v in self.di.views.values() if v.active])
         if not views:
             raise ValueError("no active diffraction views on this rank: nothing to reconstruct")
         pods = [v.pod for v in views]
@@ -330,26 +388,25 @@ class W1Net(BaseEngine):
             raise NotImplementedError("W1Net supports a single object mode")
         obj_storage = next(iter(self.ob.storages.values()))
         probe_storage = next(iter(self.pr.storages.values()))
-        obj = self._clip_outliers(obj_storage.data[0], [pod.ob_view for pod in pods])
+        obj = self._clip_outliers(self._rank0(obj_storage.data[0]), [pod.ob_view for pod in pods])
         geo = pods[0].geometry
         geometry = {'wavelength': float(geo.lam), 'distance': float(geo.distance),
                     'detector_pixel': float(np.ravel(geo.psize)[0]), 'object_pixel': float(np.ravel(geo.resolution)[0])}
         data = ScanData(intensities=np.stack([v.data for v in views]),
                         mask=np.stack([pod.ma_view.data for pod in pods]).astype(bool),
                         positions=np.array([pod.ob_view.dlow for pod in pods]),
-                        probe=probe_storage.data, obj=obj,
+                        probe=self._rank0(probe_storage.data), obj=obj,
                         propagator=(geo.propagator.pre_fft, geo.propagator.post_fft), geometry=geometry)
         return data.validate(), [v.ID for v in views]
 
-    @staticmethod
-    def _clip_outliers(obj, views):
+    def _clip_outliers(self, obj, views):
         """``obj`` (Ho, Wo) with amplitudes above ``HANDOVER_AMPLITUDE_LIMIT`` x their median
-        under the views scaled down to that limit (phases kept); warns with the count. Under MPI
-        the region is that of all ranks' views, so every rank clips the same pixels."""
-        lit = np.zeros(obj.shape, np.int32)
+        under the views scaled down to that limit (phases kept); warns with the count. Across
+        processes the region is that of all ranks' views, so every rank clips the same pixels."""
+        lit = np.zeros(obj.shape, np.float32)
         for view in views:
             lit[view.dlow[0]:view.dhigh[0], view.dlow[1]:view.dhigh[1]] = 1
-        lit = parallel.allreduce(lit) > 0
+        lit = self.communicator.allreduce(lit) > 0
         amplitude = np.abs(obj)
         limit = HANDOVER_AMPLITUDE_LIMIT * np.median(amplitude[lit])
         outliers = amplitude > limit
@@ -422,7 +479,7 @@ class W1Net(BaseEngine):
     def engine_finalize(self):
         """Object and probe are already in PtyPy's storages; save the model if asked; release the solver."""
         self._write_back()
-        if self.p.model.save is not None and parallel.master:  # every rank holds the same network
+        if self.p.model.save is not None and self.communicator.rank == 0:  # every rank holds the same network
             from .models import save_model
             save_model(self.p.model.save, self.solver)
             logger.info(f"W1Net: saved the trained network to {self.p.model.save}")

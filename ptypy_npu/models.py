@@ -110,8 +110,9 @@ class TrainedModel:
                                          fill=data.obj if fill is None else fill)
         stream.feed(data.intensities, data.positions)
         if communicator is not None:
-            communicator.allreduce(stream.numerator)
-            communicator.allreduce(stream.denominator)
+            numerator, denominator = stream.numerator, stream.denominator
+            totals = communicator.allreduce(np.stack([numerator.real, numerator.imag, denominator]).astype(np.float32))
+            numerator[...], denominator[...] = totals[0] + 1j * totals[1], totals[2]
         return stream.object
 
 

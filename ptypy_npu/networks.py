@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 from mindspore import Tensor, nn, ops
+from mindspore.common import dtype as mstype
 
 #: Frame sizes (detector pixels per side) the built-in networks are designed for.
 FRAME_SIZES = (64, 128, 256)
@@ -73,6 +74,22 @@ def copy_weights(values, network):
     for name, param in weights.items():
         value = values[name]
         ops.assign(param, value if isinstance(value, Tensor) else Tensor(value))
+
+
+def set_compute_precision(network, dtype):
+    """Make ``network`` compute in ``dtype`` (mindspore.float16 or bfloat16), in place.
+
+    Its weights stay float32 (the master copy the optimizers update); every layer casts
+    its inputs and weights to ``dtype``, except BatchNorm, whose statistics and
+    normalisation stay float32 (MindSpore's "O2" mixed-precision level). Done in place
+    rather than by ``mindspore.amp.auto_mixed_precision``, whose wrappers rename the
+    weights: these keep their names, so models and checkpoints move between precisions.
+    """
+    network.to_float(dtype)
+    for _, cell in network.cells_and_names():
+        if isinstance(cell, nn.BatchNorm2d):
+            cell.to_float(mstype.float32)
+    return network
 
 
 def bin_frames(amplitudes, binning):

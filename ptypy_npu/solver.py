@@ -34,10 +34,15 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from . import physics, plugins
 from .distributed import SingleProcess
-from .networks import network_input, predict_patches
+from .networks import network_input, predict_patches, set_compute_precision
 from .optim import HessianVectorProduct, rademacher_like
 
 DEVICES = ('CPU', 'GPU', 'Ascend')
+#: Compute precisions of the network; the physics (FFTs, losses) and all weights stay float32.
+PRECISIONS = {'float32': ms.float32, 'float16': ms.float16, 'bfloat16': ms.bfloat16}
+#: Dynamic loss scaling of float16 training: initial scale, factor, overflow-free steps before it grows
+#: (the defaults of PyTorch's GradScaler; MindSpore's DynamicLossScaler runs it)
+LOSS_SCALE = (2.0 ** 16, 2, 2000)
 
 
 @dataclasses.dataclass
@@ -146,6 +151,12 @@ class SolverSettings:
         ~1.5-2x; a stale estimate can make object steps diverge.
     max_divergences : rollbacks (NaN/Inf loss, learning rates halved) in a row before
         :meth:`JointSolver.run` gives up.
+    precision : 'float32', or mixed precision: the network computes in 'float16' or
+        'bfloat16' while its weights (the optimizers' master copies), the object, the
+        probe and the physics stay float32. float16 adds dynamic loss scaling
+        (:data:`LOSS_SCALE`): a step whose gradients overflow is skipped and the scale
+        halved. bfloat16 has float32's range and needs none; MindSpore's CPU kernels
+        lack it (Ascend and GPU have it).
     """
     network: dict = dataclasses.field(default_factory=_default_network)
     network_group: GroupSettings = dataclasses.field(default_factory=lambda: GroupSettings('adam', 2e-3))
@@ -162,6 +173,7 @@ class SolverSettings:
     max_divergences: int = 3
     seed: int = 0
     device: str = 'CPU'
+    precision: str = 'float32'
 
     def validate(self, n_frames=None):
         """Raise ``ValueError`` naming the setting and the accepted values."""
@@ -194,6 +206,17 @@ class SolverSettings:
                 raise ValueError("network must be a dict naming the network ('name') and its settings, "
                                  f"or None for the physics-only solver; got {self.network!r}")
             plugins.network_factory(self.network['name'])
+        if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision != 'float32' and self.network is None:
+            raise ValueError(f"precision {self.precision!r} sets the network's arithmetic, but network is None; "
+                             "use precision 'float32'")
+        if self.precision == 'bfloat16' and self.device == 'CPU':
+            raise ValueError("precision 'bfloat16' needs device 'Ascend' or 'GPU': MindSpore's CPU kernels have "
+                             "no bfloat16 convolution (use 'float16' or 'float32' on the CPU)")
+        if self.precision == 'float16' and self.network_group.optimizer == 'adahessian':
+            raise ValueError("precision 'float16' with network_group.optimizer 'adahessian': the Hessian-vector "
+                             "products are not loss-scaled; use precision 'float32' or 'bfloat16'")
 
 
 def select_device(device):
@@ -250,8 +273,9 @@ class JointObjective(nn.Cell):
         return ops.gather(self.object_re, indices, 0), ops.gather(self.object_im, indices, 0)
 
     def network_patches(self, amplitudes):
-        """The network's object patches (B, H, W) as a real/imag pair."""
+        """The network's object patches (B, H, W) as a float32 real/imag pair, whatever its precision."""
         log_amplitude, phase = self.network(amplitudes)
+        log_amplitude, phase = log_amplitude.astype(ms.float32), phase.astype(ms.float32)
         amplitude = ops.exp(log_amplitude)
         return amplitude * ops.cos(phase), amplitude * ops.sin(phase)
 
@@ -294,6 +318,21 @@ class _ObjectiveLoss(nn.Cell):
         return self.objective(amplitudes, intensities, mask, indices)[0]
 
 
+class _ScaledObjective(nn.Cell):
+    """The objective's outputs led by the value to differentiate: its loss in units of
+    ``loss_unit`` photons, times the loss scale."""
+
+    def __init__(self, objective, loss_scaler, loss_unit):
+        super().__init__()
+        self.objective = objective
+        self.loss_scaler = loss_scaler
+        self.loss_unit = loss_unit
+
+    def construct(self, amplitudes, intensities, mask, indices):
+        loss, fourier, photon, exit_error = self.objective(amplitudes, intensities, mask, indices)
+        return self.loss_scaler.scale(loss / self.loss_unit), loss, fourier, photon, exit_error
+
+
 class JointGradient(nn.Cell):
     """Gradients of one minibatch and the illumination it brought, before any step.
 
@@ -302,17 +341,25 @@ class JointGradient(nn.Cell):
     errors), the gradients of ``weights`` (object re/im, probe re/im, then the network's),
     ``sum_frames |P|^2`` on each flat object pixel (Ho*Wo,) and ``sum_frames |O_j|^2`` on
     each probe pixel (H, W). All but the errors are sums over frames, so a distributed
-    run adds them up over its ranks to obtain those of the global batch.
+    run adds them up over its ranks to obtain those of the global batch. With a
+    ``loss_scaler`` (float16) the gradients are those of ``loss / loss_unit * scale``; the
+    update undoes both factors. The loss is in photons, 1e5-1e9 per batch, and its
+    gradients would overflow float16 (largest 65504) even unscaled: ``loss_unit``, the
+    photons of a batch, brings it to order 1 before the dynamic scale takes over.
     """
 
-    def __init__(self, objective, weights):
+    def __init__(self, objective, weights, loss_scaler=None, loss_unit=1.0):
         super().__init__()
         self.objective = objective
-        self.grad_fn = ms.value_and_grad(objective, None, weights, has_aux=True)
+        self.scaled = loss_scaler is not None
+        differentiated = _ScaledObjective(objective, loss_scaler, loss_unit) if self.scaled else objective
+        self.grad_fn = ms.value_and_grad(differentiated, None, weights, has_aux=True)
         self.object_pixels = objective.object_re.shape[0]
 
     def construct(self, amplitudes, intensities, mask, indices):
         outputs, grads = self.grad_fn(amplitudes, intensities, mask, indices)
+        if self.scaled:
+            outputs = outputs[1:]
         objective = self.objective
         probe_power = (ops.square(objective.probe_re) + ops.square(objective.probe_im)).sum(axis=0)
         object_illumination = physics.scatter_add_patches(
@@ -328,10 +375,12 @@ class JointUpdate(nn.Cell):
     ``construct(grads, object_illumination, patch_power, probe_on)`` as returned by
     :class:`JointGradient`; object and probe gradients are divided by the illumination
     (the step normaliser) unless their optimizer is second-order; ``probe_on`` (float
-    0/1) switches probe refinement without recompiling.
+    0/1) switches probe refinement without recompiling. With a ``loss_scaler``
+    (``mindspore.amp.DynamicLossScaler``) the gradients are unscaled first, and when any
+    overflowed no parameter moves and the scale shrinks; it returns whether the step was taken.
     """
 
-    def __init__(self, optimizers, use_network, regularisation, curvature):
+    def __init__(self, optimizers, use_network, regularisation, curvature, loss_scaler=None, loss_unit=1.0):
         super().__init__()
         self.object_optimizer, self.probe_optimizer, self.network_optimizer = optimizers
         self.use_network = use_network
@@ -340,8 +389,25 @@ class JointUpdate(nn.Cell):
         # second-order optimizers bring their own curvature: no illumination normalisation for them
         self.normalise_object = not getattr(self.object_optimizer, 'needs_hessian', False)
         self.normalise_probe = not getattr(self.probe_optimizer, 'needs_hessian', False)
+        self.loss_scaler = loss_scaler
+        self.loss_unit = loss_unit
+        if loss_scaler is not None:  # attributes of the cell, so checkpoints hold them
+            self.loss_scale, self.loss_scale_steps = loss_scaler.scale_value, loss_scaler.counter
 
     def construct(self, grads, object_illumination, patch_power, probe_on):
+        if self.loss_scaler is None:
+            self.apply(grads, object_illumination, patch_power, probe_on)
+            return True
+        grads = self.loss_scaler.unscale(grads)
+        finite = ms.amp.all_finite(grads)
+        self.loss_scaler.adjust(finite)
+        if finite:
+            grads = tuple(g * self.loss_unit for g in grads)
+            self.apply(grads, object_illumination, patch_power, probe_on)
+        return finite
+
+    def apply(self, grads, object_illumination, patch_power, probe_on):
+        """The optimizer steps from unscaled gradients."""
         object_scale = 1.0
         if self.normalise_object:
             object_scale = physics.inverse_illumination(object_illumination, self.regularisation, self.curvature)
@@ -358,13 +424,16 @@ class JointUpdate(nn.Cell):
 class JointStep(nn.Cell):
     """One compiled optimisation step of network, object and probe on a minibatch.
 
-    :class:`JointGradient` then :class:`JointUpdate` in one graph (one process);
-    a distributed run calls the two halves itself and sums over ranks between them.
-    ``construct(amplitudes, intensities, mask, indices, probe_on)`` returns the loss and
-    the per-frame errors of the object's model before the step.
+    :class:`JointGradient` then :class:`JointUpdate` in one graph (one process). With
+    ``sum_over_ranks`` (MindSpore's data parallel, processes launched by ``msrun``) the
+    loss, gradients and illumination are summed over the ranks inside that graph by
+    MindSpore's collectives; an MPI run instead calls the two halves itself and sums
+    between them. ``construct(amplitudes, intensities, mask, indices, probe_on)`` returns
+    the loss (of the global batch) and the per-frame errors of the object's model before the step.
     """
 
-    def __init__(self, objective, optimizers, regularisation, curvature):
+    def __init__(self, objective, optimizers, regularisation, curvature, sum_over_ranks=False, loss_scaler=None,
+                 loss_unit=1.0):
         super().__init__()
         self.objective = objective
         self.object_optimizer, self.probe_optimizer, self.network_optimizer = optimizers
@@ -372,11 +441,19 @@ class JointStep(nn.Cell):
         weights = list(self.object_optimizer.parameters) + list(self.probe_optimizer.parameters)
         if self.use_network:
             weights += list(self.network_optimizer.parameters)
-        self.gradient = JointGradient(objective, ms.ParameterTuple(weights))
-        self.update = JointUpdate(optimizers, self.use_network, regularisation, curvature)
+        self.gradient = JointGradient(objective, ms.ParameterTuple(weights), loss_scaler, loss_unit)
+        self.update = JointUpdate(optimizers, self.use_network, regularisation, curvature, loss_scaler, loss_unit)
+        self.sum_over_ranks = sum_over_ranks
+        if sum_over_ranks:
+            self.sum_gradients = nn.DistributedGradReducer(weights, mean=False)
+            self.sum = ops.AllReduce()
 
     def construct(self, amplitudes, intensities, mask, indices, probe_on):
         outputs, grads, object_illumination, patch_power = self.gradient(amplitudes, intensities, mask, indices)
+        if self.sum_over_ranks:
+            grads = self.sum_gradients(grads)
+            object_illumination, patch_power = self.sum(object_illumination), self.sum(patch_power)
+            outputs = (self.sum(outputs[0]),) + outputs[1:]
         self.update(grads, object_illumination, patch_power, probe_on)
         return outputs
 
@@ -395,8 +472,9 @@ class JointSolver:
     def __init__(self, data, settings=None, input_scale=None, communicator=None, shard_sizes=None):
         """``input_scale``: the network input normalisation of a trained model (default: this scan's).
 
-        Distributed (MPI): every rank builds a solver from its own frames (``data``) with the
-        same object, probe, settings and seed, and a ``communicator`` (:mod:`.distributed`).
+        Distributed (MPI or MindSpore's collectives): every rank builds a solver from its own
+        frames (``data``) with the same object, probe, settings and seed, and a ``communicator``
+        (:mod:`.distributed`).
         Each step then takes ``batch_size / ranks`` frames from every rank and sums the
         gradients and the batch illumination over the ranks, so all ranks keep identical
         weights, object and probe. ``shard_sizes`` (frame counts, the data holding the
@@ -426,8 +504,8 @@ class JointSolver:
         self.rng = np.random.default_rng(self.settings.seed)
         self.object_shape = self.data.obj.shape
         self.indices = patch_indices(self.data.positions, (h, w), self.object_shape)
-        brightest = self.communicator.allreduce(np.array([self.data.intensities.max()], np.float64), op='max')[0]
-        self.input_scale = float(input_scale or np.log1p(brightest))
+        brightest = self.communicator.allreduce(np.array([self.data.intensities.max()], np.float32), op='max')[0]
+        self.input_scale = float(input_scale or np.log1p(float(brightest)))
         self.amplitudes = network_input(self.data.intensities, self.input_scale)
         self.mask = self.data.mask.astype(np.float32)
         self.network = self._build_network(h)
@@ -438,13 +516,17 @@ class JointSolver:
         optimizers = self._build_optimizers()
         curvature = physics.LOSS_CURVATURE[s.loss]
         #: the step of all parameters; with a network, a second graph without it runs the first epochs
-        self.step = JointStep(self.objective, optimizers, s.illumination_regularisation, curvature)
+        in_graph = self.communicator.sums_in_graph
+        self.probe_power = float(np.sum(np.abs(self.data.probe) ** 2))  # photons per frame (ScanData)
+        self.loss_scaler = ms.amp.DynamicLossScaler(*LOSS_SCALE) if s.precision == 'float16' else None
+        self.step = JointStep(self.objective, optimizers, s.illumination_regularisation, curvature, in_graph,
+                              self.loss_scaler, loss_unit=self.probe_power * s.batch_size)
         self.physics_step = self.step
-        if self.network is not None:
+        if self.network is not None:  # float32 throughout: no loss scaling
             physics_objective = JointObjective(object_pair, probe_pair, self.data.propagator, None, s.loss)
-            self.physics_step = JointStep(physics_objective, optimizers, s.illumination_regularisation, curvature)
+            self.physics_step = JointStep(physics_objective, optimizers, s.illumination_regularisation, curvature,
+                                          in_graph)
         self._hessian_products = {}
-        self.probe_power = float(np.sum(np.abs(self.data.probe) ** 2))
         self.steps_taken = 0
         self.epoch = 0
         self.errors = np.zeros((n, 3))
@@ -461,9 +543,12 @@ class JointSolver:
         options = {k: v for k, v in self.settings.network.items() if k != 'name'}
         factory = plugins.network_factory(self.settings.network['name'])
         try:
-            return factory(frame_size, **options)
+            network = factory(frame_size, **options)
         except TypeError as error:  # an option the network does not take
             raise ValueError(f"network: {error}") from error
+        if self.settings.precision != 'float32':
+            set_compute_precision(network, PRECISIONS[self.settings.precision])
+        return network
 
     def _build_optimizers(self):
         objective, s = self.objective, self.settings
@@ -581,7 +666,7 @@ class JointSolver:
 
     def _step(self, step, inputs, probe_on):
         """One step on this process's part of the batch: (loss of the global batch, local per-frame errors)."""
-        if self.communicator.size == 1:
+        if self.communicator.size == 1 or self.communicator.sums_in_graph:
             return step(*inputs, probe_on)
         (loss, fourier, photon, exit_error), grads, object_illumination, patch_power = step.gradient(*inputs)
         loss, *grads, object_illumination, patch_power = self._allreduce(

@@ -40,11 +40,11 @@ def parameter_tree(tmp_path, engines, frames=40, shape=64):
     return p
 
 
-def run(p, level=5):
+def run(p, level=5, seed=0):
     from ptypy.core import Ptycho
     from ptypy.utils import parallel
     parallel.loadmanager.reset()
-    np.random.seed(0)  # MoonFlowerScan's Poisson noise: the same data in every run
+    np.random.seed(seed)  # MoonFlowerScan's Poisson noise: the same data in every run
     return Ptycho(p, level=level)
 
 

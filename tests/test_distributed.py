@@ -1,8 +1,10 @@
 """The distributed JointSolver: ranks sum their gradients, stay identical, and take the very
-steps a single process takes when it composes its batches from the same shards."""
+steps a single process takes when it composes its batches from the same shards; over MPI
+(``mpiexec``) and over MindSpore's own collectives (``msrun``, the "mccl" backend on CPU)."""
 import dataclasses
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from importlib.util import find_spec
@@ -10,21 +12,37 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mpi_solver_worker import SCAN, shard
+from distributed_solver_worker import SCAN, shard
 
 from ptypy_npu.simulate import simulate_scan
 from ptypy_npu.solver import JointSolver, SolverSettings
 
-WORKER = Path(__file__).with_name('mpi_solver_worker.py')
+WORKER = Path(__file__).with_name('distributed_solver_worker.py')
 needs_mpi = pytest.mark.skipif(shutil.which('mpiexec') is None or find_spec('mpi4py') is None,
                                reason='mpiexec or mpi4py not found (pip install mpich mpi4py)')
+MSRUN = str(Path(sys.executable).with_name('msrun'))
 
 
-def run_ranks(tmp_path, epochs, settings, ranks=2):
-    command = ['mpiexec', '-n', str(ranks), sys.executable, str(WORKER), str(tmp_path), str(epochs),
-               json.dumps(settings)]
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert finished.returncode == 0, finished.stderr[-3000:]
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def launch(tmp_path, script, arguments, channel, ranks=2):
+    """Run ``script`` on ``ranks`` processes started by mpiexec (channel 'mpi') or msrun ('mindspore')."""
+    if channel == 'mpi':
+        command = ['mpiexec', '-n', str(ranks), sys.executable]
+    else:  # msrun writes each worker's output to its log folder
+        command = [MSRUN, f'--worker_num={ranks}', f'--local_worker_num={ranks}', f'--master_port={free_port()}',
+                   f'--log_dir={tmp_path / "msrun_logs"}', '--join=True', '--cluster_time_out=300']
+    finished = subprocess.run(command + [str(script)] + arguments, capture_output=True, text=True, timeout=600)
+    logs = ''.join(f.read_text()[-3000:] for f in sorted((tmp_path / 'msrun_logs').glob('worker_*.log')))
+    assert finished.returncode == 0, (finished.stderr + logs)[-6000:]
+
+
+def run_ranks(tmp_path, epochs, settings, ranks=2, channel='mpi'):
+    launch(tmp_path, WORKER, [str(tmp_path), str(epochs), json.dumps(settings), channel], channel, ranks)
     return [dict(np.load(tmp_path / f'rank{r}.npz')) for r in range(ranks)]
 
 
@@ -67,6 +85,51 @@ def test_ranks_training_the_network_keep_identical_weights_and_statistics(tmp_pa
     assert np.all(ranks[0]['errors'][:, 2] > 0)  # the network took part
 
 
+def test_msrun_ranks_sum_in_graph_stay_identical_and_step_as_one_process(tmp_path):
+    """MindSpore's data parallel: two processes from ``msrun`` sum gradients inside the compiled step
+    (mccl on CPU). Two physics-only epochs, then two with the network."""
+    settings = {'network': {'name': 'W1Net', 'depth': 2, 'width': 4, 'binning': 1}, 'network_start': 2,
+                'batch_size': 4, 'probe_update_start': 1}
+    ranks = run_ranks(tmp_path, 4, settings, channel='mindspore')
+    names = [name for name in ranks[0] if name.startswith('network.')]
+    assert any('moving_mean' in name for name in names)
+    for name in names + ['object', 'probe', 'losses']:
+        np.testing.assert_array_equal(ranks[1][name], ranks[0][name], err_msg=name)
+    assert np.all(ranks[0]['errors'][:, 2] > 0)  # the network took part
+    data, _ = simulate_scan(**SCAN)
+    ordered, sizes = interleaved(data)
+    single = JointSolver(ordered, SolverSettings(**settings), shard_sizes=sizes)
+    single.run(2)
+    # the physics-only epochs are the global batches' steps; later BatchNorm sees each rank's half batch
+    np.testing.assert_allclose(ranks[0]['losses'][:2], [h['loss'] for h in single.history], rtol=1e-5)
+
+
+@needs_mpi
+@pytest.mark.parametrize('channel', ['mpi', 'mindspore'])
+def test_ranks_stitching_their_frames_with_a_model_get_the_object_of_all_frames(tmp_path, channel):
+    """Inference ('infer' mode) on two processes: each stitches its own frames' patches and the
+    weighted sums are added over the ranks (in float32)."""
+    from ptypy_npu.models import load_model, save_model
+    data, _ = simulate_scan(**SCAN)
+    solver = JointSolver(data, SolverSettings(network={'name': 'W1Net', 'depth': 2, 'width': 4, 'binning': 1},
+                                              network_start=0))
+    solver.run(2)
+    save_model(str(tmp_path / 'model'), solver)
+    launch(tmp_path, WORKER.with_name('distributed_infer_worker.py'),
+           [str(tmp_path), str(tmp_path / 'model'), channel], channel)
+    ranks = [np.load(tmp_path / f'rank{r}.npz')['object'] for r in range(2)]
+    whole = load_model(str(tmp_path / 'model')).reconstruct(data)
+    np.testing.assert_array_equal(ranks[1], ranks[0])
+    np.testing.assert_allclose(ranks[0], whole, rtol=0, atol=1e-5 * np.abs(whole).max())
+    assert np.abs(whole - data.obj).max() > 0.01  # the patches changed the object
+
+
+def test_mindspore_collectives_outside_msrun_are_refused_with_the_launch_command():
+    from ptypy_npu.distributed import MindSporeCommunicator
+    with pytest.raises(RuntimeError, match=r"launch the processes with `msrun --worker_num=N"):
+        MindSporeCommunicator()
+
+
 def test_batches_compose_from_every_shard_and_refuse_an_uneven_split():
     data, _ = simulate_scan(frame_size=32, count=10, seed=1)
     solver = JointSolver(data, SolverSettings(network=None, batch_size=4), shard_sizes=[6, 4])
@@ -82,15 +145,15 @@ def test_batches_compose_from_every_shard_and_refuse_an_uneven_split():
 
 @pytest.mark.ptypy
 @needs_mpi
-def test_w1net_under_two_mpi_ranks_in_ptypy_matches_one_process(tmp_path):
-    """PtyPy gives each rank its frames; W1Net's ranks end with the same object and probe, as
-    good as one process's (measured 0.236 against 0.229: the batches differ, so the last bits do)."""
-    worker = str(WORKER.with_name('mpi_engine_worker.py'))
-    for ranks, out in ((2, tmp_path / 'two'), (1, tmp_path / 'one')):
+@pytest.mark.parametrize('channel', ['mpi', 'mindspore'])
+def test_w1net_on_two_processes_in_ptypy_matches_one_process(tmp_path, channel):
+    """Two processes share the frames (PtyPy's MPI ranks, or the engine's split under msrun);
+    they end with the same object and probe, as good as one process's (measured over MPI 0.236
+    against 0.229: the batches differ, so the last bits do); one process writes the .ptyr file."""
+    worker = WORKER.with_name('distributed_engine_worker.py')
+    for ranks, out, launcher in ((2, tmp_path / 'two', channel), (1, tmp_path / 'one', 'mpi')):
         out.mkdir()
-        finished = subprocess.run(['mpiexec', '-n', str(ranks), sys.executable, worker, str(out)],
-                                  capture_output=True, text=True, timeout=600)
-        assert finished.returncode == 0, finished.stderr[-3000:]
+        launch(out, worker, [str(out), launcher], launcher, ranks)
     two = [np.load(tmp_path / 'two' / f'rank{r}.npz') for r in range(2)]
     one = np.load(tmp_path / 'one' / 'rank0.npz')
     np.testing.assert_array_equal(two[1]['object'], two[0]['object'])
@@ -98,3 +161,4 @@ def test_w1net_under_two_mpi_ranks_in_ptypy_matches_one_process(tmp_path):
     assert not set(two[0]['views']) & set(two[1]['views'])  # each rank trained on its own frames
     assert sorted(set(two[0]['views']) | set(two[1]['views'])) == sorted(one['views'])
     assert abs(float(two[0]['error']) - float(one['error'])) < 0.03
+    assert [bool(r['writes_ptyr']) for r in two] == [True, channel == 'mpi']  # MPI: PtyPy's master writes

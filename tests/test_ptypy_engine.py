@@ -87,7 +87,10 @@ def test_w1net_alone_improves_on_ptypys_initial_object(tmp_path):
 @pytest.mark.parametrize('extra,message', [({'network': {'name': 'NoSuchNet'}}, "network.name: unknown network"),
                                            ({'loss': 'l1'}, 'loss must be one of'),
                                            ({'device': 'TPU'}, 'device must be one of'),
-                                           ({'object_update': {'optimizer': 'nosuch'}}, 'object_group.optimizer')])
+                                           ({'object_update': {'optimizer': 'nosuch'}}, 'object_group.optimizer'),
+                                           ({'precision': 'bfloat16'}, "precision 'bfloat16' needs device"),
+                                           ({'distributed': 'mindspore'},
+                                            "distributed = 'mindspore': .* launch the processes with `msrun")])
 def test_bad_engine_settings_fail_before_any_container_changes(tmp_path, extra, message):
     P = run(parameter_tree(tmp_path, [{'name': 'W1Net', 'numiter': 2, **extra}]), level=3)
     before = next(iter(P.obj.storages.values())).data.copy()
@@ -108,11 +111,12 @@ def test_engine_trains_the_ptychonn_plugin_selected_in_the_tree(tmp_path):
 def test_handed_over_amplitude_outliers_are_clipped_keeping_their_phase():
     from types import SimpleNamespace
 
+    from ptypy_npu.distributed import SingleProcess
     from ptypy_npu.engine import HANDOVER_AMPLITUDE_LIMIT, W1Net
     obj = np.full((20, 20), 0.8 * np.exp(0.3j))
     obj[2, 3] = 100 * np.exp(1.1j)
     views = [SimpleNamespace(dlow=(0, 0), dhigh=(10, 10)), SimpleNamespace(dlow=(5, 5), dhigh=(15, 15))]
-    clipped = W1Net._clip_outliers(obj, views)
+    clipped = W1Net._clip_outliers(SimpleNamespace(communicator=SingleProcess()), obj, views)
     assert clipped[2, 3] == pytest.approx(HANDOVER_AMPLITUDE_LIMIT * 0.8 * np.exp(1.1j))
     mask = np.ones(obj.shape, bool)
     mask[2, 3] = False

@@ -11,10 +11,12 @@ from ptypy_npu.solver import GroupSettings, JointSolver, SolverSettings
 
 DATA, _ = simulate_scan(frame_size=32, count=12, photons=1e5)
 SETTING_NAMES = ('batch_size', 'loss', 'consistency', 'network_start', 'probe_update_start',
-                 'illumination_regularisation', 'hessian_interval', 'max_divergences', 'seed', 'device')
+                 'illumination_regularisation', 'hessian_interval', 'max_divergences', 'seed', 'device',
+                 'precision')
 
 anything = st.one_of(st.none(), st.booleans(), st.integers(-3, 40), st.floats(allow_nan=True),
-                     st.text(max_size=6), st.sampled_from(['gaussian', 'poisson', 'CPU', 'GPU', 'adam', 'lion']))
+                     st.text(max_size=6), st.sampled_from(['gaussian', 'poisson', 'CPU', 'GPU', 'adam', 'lion', 'float16',
+                                                       'bfloat16']))
 optimizer_names = st.sampled_from(['adam', 'adamw', 'sgd', 'lion', 'adahessian', 'nosuch'])
 groups = st.builds(GroupSettings, optimizer_names, anything,
                    st.dictionaries(st.sampled_from(['betas', 'weight_decay', 'momentum', 'eps', 'nosuch']),

@@ -1,8 +1,11 @@
-"""Run under ``mpiexec -n N``: each rank reconstructs its shard of a simulated scan with the
-distributed JointSolver and saves what it ends with to ``OUT/rank{r}.npz``.
+"""Run under ``mpiexec -n N`` (channel ``mpi``) or ``msrun --worker_num=N`` (channel
+``mindspore``): each rank reconstructs its shard of a simulated scan with the distributed
+JointSolver and saves what it ends with to ``OUT/rank{r}.npz``.
 
 Rank r holds frames r, r + N, r + 2N, ... (``shard``): the single-process solver in
 tests/test_distributed.py composes its batches from the same shards.
+
+Usage: ``distributed_solver_worker.py OUT EPOCHS SETTINGS_JSON CHANNEL``
 """
 import dataclasses
 import json
@@ -10,7 +13,7 @@ import sys
 
 import numpy as np
 
-from ptypy_npu.distributed import communicator
+from ptypy_npu.distributed import MindSporeCommunicator, communicator
 from ptypy_npu.simulate import simulate_scan
 from ptypy_npu.solver import JointSolver, SolverSettings, select_device
 
@@ -22,11 +25,17 @@ def shard(data, rank, size):
     return dataclasses.replace(data, intensities=data.intensities[rank::size], positions=data.positions[rank::size])
 
 
-if __name__ == '__main__':
+def channel_communicator(channel):
+    if channel == 'mindspore':
+        return MindSporeCommunicator()
     from mpi4py import MPI
-    out, epochs, arguments = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+    return communicator(MPI.COMM_WORLD)
+
+
+if __name__ == '__main__':
+    out, epochs, arguments, channel = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
     select_device('CPU')
-    comm = communicator(MPI.COMM_WORLD)
+    comm = channel_communicator(channel)
     data, _ = simulate_scan(**SCAN)
     solver = JointSolver(shard(data, comm.rank, comm.size), SolverSettings(**arguments), communicator=comm)
     errors = solver.run(epochs)
