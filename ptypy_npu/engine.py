@@ -430,7 +430,9 @@ class W1Net(BaseEngine):
             input_scale, weights = self.model.sidecar['input']['scale'], network_weights(self.model.network)
         if self.p.mode == 'infer':
             obj = self.model.reconstruct(data, communicator=self.communicator)
-            self.solver = JointSolver(dataclasses.replace(data, obj=obj), dataclasses.replace(settings, network=None),
+            # no network in this solver: it only reports the errors of the stitched object
+            self.solver = JointSolver(dataclasses.replace(data, obj=obj),
+                                      dataclasses.replace(settings, network=None, precision='float32'),
                                       communicator=self.communicator)
             self._inferred_errors = None
             return

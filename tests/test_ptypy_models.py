@@ -19,18 +19,21 @@ def stored_object(P):
 
 @pytest.fixture(scope='module')
 def trained_model(tmp_path_factory):
-    """A model trained by the engine on a 40-frame MoonFlowerScan and saved by model.save."""
+    """A model trained by the engine on a 40-frame MoonFlowerScan, in mixed precision (float16
+    network, float32 weights) as on an NPU, and saved by model.save."""
     tmp_path = tmp_path_factory.mktemp('train')
     model = str(tmp_path / 'model')
     run(parameter_tree(tmp_path, [{'name': 'W1Net', 'numiter': 3, 'network': dict(SMALL, start=0),
-                                   'model': {'save': model}}]))
+                                   'precision': 'float16', 'model': {'save': model}}]))
     return model
 
 
 def test_infer_mode_puts_the_stitched_patches_into_ptypys_object(trained_model, tmp_path):
     from ptypy_npu.engine import W1Net
     from ptypy_npu.models import load_model
-    p = parameter_tree(tmp_path, [{'name': 'W1Net', 'numiter': 1, 'mode': 'infer', 'model': {'load': trained_model}}])
+    # precision is a training setting: inference runs the saved float32 weights in float32
+    p = parameter_tree(tmp_path, [{'name': 'W1Net', 'numiter': 1, 'mode': 'infer', 'precision': 'float16',
+                                   'model': {'load': trained_model}}])
     P = run(p)
     fresh = run(p, level=3)  # the same scan, untouched: what the engine was given
     fresh.runtime.iter_info = []
