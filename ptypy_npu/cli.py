@@ -52,7 +52,8 @@ def _train(args, data, truth):
     from .solver import GroupSettings, JointSolver, SolverSettings
     network = None if args.network.lower() == 'none' else {'name': args.network, 'depth': args.depth,
                                                            'width': args.width, 'binning': args.binning}
-    settings = SolverSettings(network=network, loss=args.loss, seed=args.seed, device=args.device)
+    settings = SolverSettings(network=network, loss=args.loss, seed=args.seed, device=args.device,
+                              precision=args.precision)
     for name in ('network_start', 'batch_size'):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
@@ -154,6 +155,8 @@ def _add_solver_options(parser):
     parser.add_argument('--probe-rate', type=float, help="probe learning rate (1 = full step; default: the solver's)")
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--device', default='CPU', choices=['CPU', 'GPU', 'Ascend'])
+    parser.add_argument('--precision', default='float32', choices=['float32', 'float16', 'bfloat16'],
+                        help="the network's arithmetic while training (bfloat16: GPU or Ascend)")
 
 
 def build_parser():

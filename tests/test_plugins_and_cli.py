@@ -91,9 +91,11 @@ def test_cli_solves_a_simulated_scan_and_never_overwrites(tmp_path, capsys):
         np.testing.assert_array_equal(f['object'][()], saved)
 
 
-def test_cli_reports_a_bad_setting_by_name(tmp_path, capsys):
-    assert cli.main(['solve', '--simulate', '--network', 'NoSuchNet', '--out', str(tmp_path / 'r.h5')]) == 2
-    assert "network.name: unknown network 'NoSuchNet'" in capsys.readouterr().err
+@pytest.mark.parametrize('arguments,message', [(['--network', 'NoSuchNet'], "network.name: unknown network 'NoSuchNet'"),
+                                               (['--precision', 'bfloat16'], "precision 'bfloat16' needs device")])
+def test_cli_reports_a_bad_setting_by_name(tmp_path, capsys, arguments, message):
+    assert cli.main(['solve', '--simulate', *arguments, '--out', str(tmp_path / 'r.h5')]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_missing_mindspore_is_reported_with_the_install_command(monkeypatch):
