@@ -64,7 +64,7 @@ class W1Net(BaseEngine):
     default = 4
     type = int
     lowlim = 1
-    help = Frames per optimisation step, over all MPI ranks (each rank takes batch_size / ranks); a multiple of the number of ranks
+    help = Frames per optimisation step, over all processes (MPI ranks or msrun workers; each takes batch_size / processes); a multiple of the number of processes
 
     [loss]
     default = gaussian
