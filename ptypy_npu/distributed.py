@@ -13,6 +13,7 @@ Two channels provide them:
   (``nn.DistributedGradReducer``), so on a device they never leave it.
 """
 import numpy as np
+from mindspore import Tensor, communication, nn, ops
 
 
 class SingleProcess:
@@ -54,6 +55,17 @@ class MPICommunicator:
         return self.comm.allgather(value)
 
 
+class _Collective(nn.Cell):
+    """One collective primitive of MindSpore in a cell of its own (graph mode runs cells)."""
+
+    def __init__(self, primitive):
+        super().__init__()
+        self.primitive = primitive
+
+    def construct(self, tensor):
+        return self.primitive(tensor)
+
+
 class MindSporeCommunicator:
     """Collectives of MindSpore's world group, for processes launched by ``msrun`` (or, on
     Ascend, by a rank table or ``mpirun`` as MindSpore documents).
@@ -66,7 +78,6 @@ class MindSporeCommunicator:
     sums_in_graph = True
 
     def __init__(self):
-        from mindspore import communication
         if not communication.GlobalComm.INITED:
             try:
                 communication.init()
@@ -80,19 +91,9 @@ class MindSporeCommunicator:
         self._collectives = {}
 
     def _collective(self, kind):
-        """A compiled cell running one collective (``kind`` 'allreduce' (sum) or 'allgather'), cached."""
+        """The compiled :class:`_Collective` of ``kind`` ('allreduce' (sum) or 'allgather'), cached."""
         if kind not in self._collectives:
-            from mindspore import nn, ops
-
-            class Collective(nn.Cell):
-                def __init__(self, primitive):
-                    super().__init__()
-                    self.primitive = primitive
-
-                def construct(self, tensor):
-                    return self.primitive(tensor)
-
-            self._collectives[kind] = Collective(ops.AllGather() if kind == 'allgather' else ops.AllReduce())
+            self._collectives[kind] = _Collective(ops.AllGather() if kind == 'allgather' else ops.AllReduce())
         return self._collectives[kind]
 
     def allreduce(self, array, op='sum'):
@@ -100,7 +101,6 @@ class MindSporeCommunicator:
 
         float32 only, and 'max' through a gather: MindSpore's CPU collectives sum float32 alone.
         """
-        from mindspore import Tensor
         if not isinstance(array, np.ndarray) or array.dtype != np.float32:
             raise TypeError("allreduce over MindSpore's collectives needs a float32 numpy array")
         if op == 'max':
@@ -112,7 +112,6 @@ class MindSporeCommunicator:
 
     def allgather(self, value):
         """The list of every rank's integer ``value``, in rank order."""
-        from mindspore import Tensor
         gathered = self._collective('allgather')(Tensor(np.array([value], np.int32)))
         return [int(v) for v in gathered.asnumpy()]
 
