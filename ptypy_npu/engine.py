@@ -155,7 +155,7 @@ class W1Net(BaseEngine):
     [object_update.optimizer]
     default = sgd
     type = str
-    help = Optimizer name from the loaded plugins: adam, adamw, sgd, lion (lazy, betas 0.9/0.95 here), adahessian or a plugin's
+    help = Optimizer name from the loaded plugins: adam, adamw, sgd, lion (lazy, betas 0.5/0.9 here), adahessian or a plugin's
 
     [object_update.weight_decay]
     default = 0.0

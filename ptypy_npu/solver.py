@@ -118,7 +118,7 @@ class GroupSettings:
 #: Options for Lion on the object group, the measured best on MoonFlowerScan (benchmarks/optimizers.py):
 #: a batch lights few pixels, so Lion leaves the others (zero gradient) alone, and a shorter
 #: moment memory suits pixels whose moment is updated only when lit.
-OBJECT_LION_OPTIONS = {'lazy': True, 'betas': (0.9, 0.95)}
+OBJECT_LION_OPTIONS = {'lazy': True, 'betas': (0.5, 0.9)}
 
 
 def _default_network():
