@@ -9,12 +9,15 @@ mpi4py on the host) and ``msrun --worker_num=2`` (``distributed = 'mindspore'``:
 engine shares the frames, gradients summed inside the compiled step by MindSpore's mccl).
 Each process pins itself to core ``rank`` before MindSpore starts, so N processes compute
 on N cores. The worker runs the W1Net engine in PtyPy on MoonFlowerScan (128-px frames)
-with the network on from the first epoch, and again physics-only (network off); an
-epoch's time is the median of PtyPy's per-iteration durations after the first two
+with the network on from the first epoch, and again physics-only (network off), at each
+global batch size of ``--batch-sizes`` (4, the engine's default, and 16: every step takes
+batch / N frames on each process, and an epoch has frames / batch steps, so a larger batch
+shares fewer, larger steps, whose fixed costs weigh less); an epoch's time is the median of PtyPy's per-iteration durations after the first two
 (graph compilation), and each figure the median of ``--rounds`` interleaved rounds (whole
 runs vary by about 10 %). Prints the epoch times and the speed-ups; target: >= 1.6x at N = 2.
 """
 import argparse
+import itertools
 import json
 import os
 import socket
@@ -28,7 +31,7 @@ import numpy as np
 CASES = {'network on': {'start': 0}, 'physics only': {'name': None}}
 
 
-def worker(epochs, frames, case, channel):
+def worker(epochs, frames, case, channel, batch_size):
     """One process: W1Net on MoonFlowerScan; rank 0 prints ``RESULT {json}``."""
     rank = int(os.environ.get('RANK_ID' if channel == 'mindspore' else 'PMI_RANK', 0))
     os.sched_setaffinity(0, {rank % os.cpu_count()})  # before MindSpore starts its threads
@@ -42,7 +45,7 @@ def worker(epochs, frames, case, channel):
                                                      interaction=u.Param(active=False)))
     p.scans = u.Param(MF=moonflower_scan(frames=frames, shape=128, photons=1e8))
     p.engines = u.Param(e00=u.Param(name='W1Net', numiter=epochs, numiter_contiguous=1, distributed=channel,
-                                    network=u.Param(CASES[case])))
+                                    batch_size=batch_size, network=u.Param(CASES[case])))
     P = Ptycho(p, level=5)
     engine = list(P.engines.values())[0]
     if engine.communicator.rank == 0:
@@ -61,11 +64,12 @@ def launch_command(ranks, channel, log_dir):
             f'--master_port={port}', f'--log_dir={log_dir}', '--join=True']
 
 
-def measure(ranks, epochs, frames, case, channel):
+def measure(ranks, epochs, frames, case, channel, batch_size):
     """Median epoch time (s) and frame count of ``case`` on ``ranks`` processes joined by ``channel``."""
     with tempfile.TemporaryDirectory() as log_dir:
         command = launch_command(ranks, channel, log_dir) + [
-            __file__, '--case', case, '--channel', channel, '--epochs', str(epochs), '--frames', str(frames)]
+            __file__, '--case', case, '--channel', channel, '--epochs', str(epochs), '--frames', str(frames),
+            '--batch-sizes', str(batch_size)]
         finished = subprocess.run(command, capture_output=True, text=True)
         output = finished.stdout + ''.join(f.read_text() for f in Path(log_dir).glob('worker_0.log'))
     lines = [line for line in output.splitlines() if line.startswith('RESULT ')]
@@ -81,25 +85,27 @@ def main():
     parser.add_argument('--frames', type=int, default=200, help='frames MoonFlowerScan is asked for')
     parser.add_argument('--rounds', type=int, default=2,
                         help='interleaved rounds of the three runs; medians are printed (runs vary by +-10 %%)')
+    parser.add_argument('--batch-sizes', type=int, nargs='+', default=[4, 16],
+                        help='global batch sizes to measure (frames per step over all processes; 4 is the engine default)')
     parser.add_argument('--case', choices=sorted(CASES), help=argparse.SUPPRESS)  # a worker's case (msrun would read --worker as its own)
     parser.add_argument('--channel', choices=['mpi', 'mindspore'], default='mpi', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.epochs < 3:
         parser.error('--epochs must be >= 3: the first two epochs compile and are not timed')
     if args.case:
-        return worker(args.epochs, args.frames, args.case, args.channel)
+        return worker(args.epochs, args.frames, args.case, args.channel, args.batch_sizes[0])
     print(f"== W1Net on MoonFlowerScan, 128-px frames, one core per process, median of {args.epochs - 2} epochs, "
           f"median of {args.rounds} interleaved rounds ==")
-    print(f"{'case':14s} {'frames':>6s} {'N=1 s/epoch':>12s} {'N=2 MPI':>9s} {'speed-up':>9s} "
+    print(f"{'case':14s} {'batch':>5s} {'frames':>6s} {'N=1 s/epoch':>12s} {'N=2 MPI':>9s} {'speed-up':>9s} "
           f"{'N=2 msrun':>10s} {'speed-up':>9s}   MPI speed-ups of the rounds")
     runs = (('one', 1, 'mpi'), ('mpi', 2, 'mpi'), ('mindspore', 2, 'mindspore'))
-    for case in CASES:
-        rounds = [{label: measure(ranks, args.epochs, args.frames, case, channel) for label, ranks, channel in runs}
-                  for _ in range(args.rounds)]
+    for case, batch_size in itertools.product(CASES, args.batch_sizes):
+        rounds = [{label: measure(ranks, args.epochs, args.frames, case, channel, batch_size)
+                   for label, ranks, channel in runs} for _ in range(args.rounds)]
         t = {label: float(np.median([r[label][0] for r in rounds])) for label, _, _ in runs}
         ratios = ' '.join(f"{r['one'][0] / r['mpi'][0]:.2f}" for r in rounds)
-        print(f"{case:14s} {rounds[0]['one'][1]:6d} {t['one']:12.2f} {t['mpi']:9.2f} {t['one'] / t['mpi']:8.2f}x "
-              f"{t['mindspore']:10.2f} {t['one'] / t['mindspore']:8.2f}x   {ratios}", flush=True)
+        print(f"{case:14s} {batch_size:5d} {rounds[0]['one'][1]:6d} {t['one']:12.2f} {t['mpi']:9.2f} "
+              f"{t['one'] / t['mpi']:8.2f}x {t['mindspore']:10.2f} {t['one'] / t['mindspore']:8.2f}x   {ratios}", flush=True)
     print("target: speed-up >= 1.6x at N=2")
 
 
