@@ -155,7 +155,7 @@ class W1Net(BaseEngine):
     [object_update.optimizer]
     default = sgd
     type = str
-    help = Optimizer name from the loaded plugins: adam, adamw, sgd, lion (lazy, betas 0.5/0.9 here), adahessian or a plugin's
+    help = Optimizer name from the loaded plugins: adam, adamw, sgd, lion (lazy, betas 0.5/0.9 here), adahessian (stalls on the object: README) or a plugin's
 
     [object_update.weight_decay]
     default = 0.0
@@ -207,7 +207,7 @@ class W1Net(BaseEngine):
     default = 1
     type = int
     lowlim = 1
-    help = Steps between Hessian-diagonal refreshes of second-order optimizers (adahessian)
+    help = Steps between Hessian-diagonal refreshes of second-order optimizers (adahessian); keep 1 for adahessian on object or probe, whose estimate must come from the batch it steps on
 
     [seed]
     default = 0
