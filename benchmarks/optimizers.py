@@ -14,7 +14,8 @@
    epoch; the optimizer refines network, object and probe, except AdaHessian, which
    refines the network there, see ``_cases``), then with the network off (object and
    probe only), beside the engine's default (Adam for the network, illumination-normalised
-   SGD for object and probe). Wall time counts graph compilation.
+   SGD for object and probe). Every optimizer runs at its rate in
+   ``ptypy_npu.solver.DEFAULT_LEARNING_RATES``. Wall time counts graph compilation.
    Target: Lion or AdaHessian reaches it in less wall time than Adam.
 """
 import argparse
@@ -29,11 +30,6 @@ import numpy as np
 from ptypy_npu.solver import OBJECT_LION_OPTIONS, GroupSettings, JointSolver, SolverSettings
 
 OPTIMIZERS = ('adam', 'adamw', 'lion', 'adahessian')
-#: Network learning rates (Lion's sign steps want a smaller one; AdaHessian's is Newton-like).
-NETWORK_RATES = {'adam': 2e-3, 'adamw': 2e-3, 'lion': 2e-4, 'adahessian': 0.5}
-#: (object, probe) learning rates, the best of small sweeps; the probe's are scaled by its amplitude (~1e2 photons^0.5).
-OBJECT_PROBE_RATES = {'sgd': (1.5, 1.0), 'adam': (0.03, 3.0), 'adamw': (0.02, 2.0), 'lion': (0.01, 1.0),
-                      'adahessian': (0.1, 0.1)}
 #: Options of the object group by optimizer (the engine's, see ``ptypy_npu.engine``).
 OBJECT_OPTIONS = {'lion': OBJECT_LION_OPTIONS}
 #: AdaHessian's refresh interval in the convergence runs: the one that meets its step-cost target.
@@ -44,7 +40,7 @@ def step_cost(name, hessian_interval, epochs=3):
     """Worker: ms per joint step with ``name`` on the network group, and this process's peak RSS."""
     from ptypy_npu.simulate import simulate_scan
     data, _ = simulate_scan(frame_size=128, count=64, photons=1e7)
-    settings = SolverSettings(network_group=GroupSettings(name, NETWORK_RATES[name]), network_start=0, batch_size=8,
+    settings = SolverSettings(network_group=GroupSettings(name), network_start=0, batch_size=8,
                               hessian_interval=hessian_interval)
     solver = JointSolver(data, settings)
     solver.run(1)  # compile
@@ -108,12 +104,11 @@ def _cases():
     """
     def settings(name, network, object_name=None, hessian_interval=1):
         object_name = object_name or name
-        object_rate, probe_rate = OBJECT_PROBE_RATES[object_name]
         return SolverSettings(
             network=SolverSettings().network if network else None, network_start=0,
-            network_group=GroupSettings(name, NETWORK_RATES.get(name, 2e-3)),
-            object_group=GroupSettings(object_name, object_rate, OBJECT_OPTIONS.get(object_name, {})),
-            probe_group=GroupSettings(object_name, probe_rate), hessian_interval=hessian_interval)
+            network_group=GroupSettings(name),
+            object_group=GroupSettings(object_name, options=OBJECT_OPTIONS.get(object_name, {})),
+            probe_group=GroupSettings(object_name), hessian_interval=hessian_interval)
     joint = {'engine default': settings('adam', True, 'sgd')}
     joint.update({name: settings(name, True) for name in ('adam', 'adamw', 'lion')})
     joint['adahessian (network)'] = settings('adahessian', True, 'sgd', CONVERGENCE_HESSIAN_INTERVAL)

@@ -142,10 +142,10 @@ class W1Net(BaseEngine):
     help = Decoupled weight decay of the network weights (passed to the optimizer only when > 0)
 
     [network_update.learning_rate]
-    default = 0.002
-    type = float
+    default = None
+    type = float, None
     lowlim = 0.0
-    help = Learning rate
+    help = Learning rate; None takes the optimizer's measured default (ptypy_npu.solver.DEFAULT_LEARNING_RATES, README)
 
     [object_update]
     default = Param
@@ -164,10 +164,10 @@ class W1Net(BaseEngine):
     help = Decoupled weight decay of the object (passed to the optimizer only when > 0)
 
     [object_update.learning_rate]
-    default = 1.5
-    type = float
+    default = None
+    type = float, None
     lowlim = 0.0
-    help = Learning rate (1 is a full projection-like step)
+    help = Learning rate (with sgd, 1 is a full projection-like step); None takes the optimizer's measured default (ptypy_npu.solver.DEFAULT_LEARNING_RATES, README)
 
     [probe_update]
     default = Param
@@ -186,10 +186,10 @@ class W1Net(BaseEngine):
     help = Decoupled weight decay of the probe (passed to the optimizer only when > 0)
 
     [probe_update.learning_rate]
-    default = 1.0
-    type = float
+    default = None
+    type = float, None
     lowlim = 0.0
-    help = Learning rate (1 is a full projection-like step)
+    help = Learning rate (with sgd, 1 is a full projection-like step); None takes the optimizer's measured default (ptypy_npu.solver.DEFAULT_LEARNING_RATES, README)
 
     [probe_update.start]
     default = 0

@@ -107,12 +107,34 @@ class ScanData:
                                    obj=obj, positions=positions.astype(np.int64), propagator=(pre, post))
 
 
+#: Learning rate of each built-in optimizer per parameter group, the best of sweeps on
+#: MoonFlowerScan (``benchmarks/optimizers.py``); a group whose ``learning_rate`` is None
+#: takes its optimizer's. Object and probe rates act on illumination-normalised gradients
+#: (except AdaHessian's); Lion's sign steps want rates 3-10x smaller than Adam's.
+DEFAULT_LEARNING_RATES = {
+    'network_group': {'adam': 2e-3, 'adamw': 2e-3, 'lion': 2e-4, 'adahessian': 0.5},
+    'object_group': {'sgd': 1.5, 'adam': 0.03, 'adamw': 0.02, 'lion': 0.01, 'adahessian': 0.1},
+    'probe_group': {'sgd': 1.0, 'adam': 3.0, 'adamw': 2.0, 'lion': 1.0, 'adahessian': 0.1},
+}
+
+
 @dataclasses.dataclass
 class GroupSettings:
-    """Optimizer of one parameter group: a name from the optimizer plugins, its rate, its options."""
+    """Optimizer of one parameter group: a name from the optimizer plugins, its rate (None: the
+    optimizer's entry in :data:`DEFAULT_LEARNING_RATES`), its options."""
     optimizer: str
-    learning_rate: float
+    learning_rate: float = None
     options: dict = dataclasses.field(default_factory=dict)
+
+    def rate(self, group):
+        """The learning rate of this optimizer on ``group`` ('object_group', ...)."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        try:
+            return DEFAULT_LEARNING_RATES[group][self.optimizer]
+        except KeyError:
+            raise ValueError(f"{group}.learning_rate: optimizer {self.optimizer!r} has no default rate for this "
+                             f"group (defaults: {DEFAULT_LEARNING_RATES[group]}); give one") from None
 
 
 #: Options for Lion on the object group, the measured best on MoonFlowerScan (benchmarks/optimizers.py):
@@ -159,9 +181,9 @@ class SolverSettings:
         lack it (Ascend and GPU have it).
     """
     network: dict = dataclasses.field(default_factory=_default_network)
-    network_group: GroupSettings = dataclasses.field(default_factory=lambda: GroupSettings('adam', 2e-3))
-    object_group: GroupSettings = dataclasses.field(default_factory=lambda: GroupSettings('sgd', 1.5))
-    probe_group: GroupSettings = dataclasses.field(default_factory=lambda: GroupSettings('sgd', 1.0))
+    network_group: GroupSettings = dataclasses.field(default_factory=lambda: GroupSettings('adam'))
+    object_group: GroupSettings = dataclasses.field(default_factory=lambda: GroupSettings('sgd'))
+    probe_group: GroupSettings = dataclasses.field(default_factory=lambda: GroupSettings('sgd'))
     network_start: int = 30
     batch_size: int = 4
     loss: str = 'gaussian'
@@ -200,7 +222,7 @@ class SolverSettings:
                 raise ValueError(f"{group} must be GroupSettings(optimizer, learning_rate, options dict), "
                                  f"got {settings!r}")
             plugins.optimizer_factory(settings.optimizer, parameter=f"{group}.optimizer")
-            check_learning_rate(f"{group}.learning_rate", settings.learning_rate)
+            check_learning_rate(f"{group}.learning_rate", settings.rate(group))
         if self.network is not None:
             if not isinstance(self.network, dict) or 'name' not in self.network:
                 raise ValueError("network must be a dict naming the network ('name') and its settings, "
@@ -560,7 +582,7 @@ class JointSolver:
         for params, group, label in groups:
             factory = plugins.optimizer_factory(group.optimizer, parameter=f"{label}.optimizer")
             try:
-                optimizers.append(factory(list(params), group.learning_rate, **group.options))
+                optimizers.append(factory(list(params), group.rate(label), **group.options))
             except (TypeError, ValueError) as error:  # an option the optimizer does not take, or out of range
                 raise ValueError(f"{label}.options: {error}") from error
         if self.network is None:

@@ -84,6 +84,21 @@ def test_w1net_alone_improves_on_ptypys_initial_object(tmp_path):
     assert object_error(P) < initial
 
 
+def test_an_optimizer_chosen_in_the_tree_without_a_rate_gets_its_own_default(tmp_path):
+    tree = parameter_tree(tmp_path, [{'name': 'W1Net', 'numiter': 2, 'object_update': {'optimizer': 'lion'}}])
+    P = run(tree, level=4)
+    P.runtime.iter_info = []  # what Ptycho.run sets up before it initialises an engine
+    engine = next(iter(P.engines.values()))
+    engine.initialize()
+    engine.prepare()
+    step = engine.solver.step
+    assert float(step.object_optimizer.learning_rate.asnumpy()) == pytest.approx(0.01)
+    assert float(step.probe_optimizer.learning_rate.asnumpy()) == pytest.approx(1.0)  # sgd's
+    engine.iterate()
+    engine.finalize()
+    assert np.isfinite(next(iter(P.obj.storages.values())).data).all()
+
+
 @pytest.mark.parametrize('extra,message', [({'network': {'name': 'NoSuchNet'}}, "network.name: unknown network"),
                                            ({'loss': 'l1'}, 'loss must be one of'),
                                            ({'device': 'TPU'}, 'device must be one of'),

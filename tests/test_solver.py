@@ -119,10 +119,21 @@ def test_bad_scan_data_is_refused_naming_the_array(scan, change, message):
     (SolverSettings(network=None, precision='float16'), "precision 'float16' sets the network's arithmetic"),
     (SolverSettings(precision='float16', network_group=GroupSettings('adahessian', 0.01)),
      "precision 'float16' with network_group.optimizer 'adahessian'"),
+    (SolverSettings(network_group=GroupSettings('sgd')),
+     "network_group.learning_rate: optimizer 'sgd' has no default rate for this group"),
 ])
 def test_bad_settings_are_refused_naming_the_setting(scan, settings, message):
     with pytest.raises(ValueError, match=message):
         JointSolver(scan[0], settings)
+
+
+def test_a_group_without_a_rate_takes_its_optimizers_documented_default(scan):
+    settings = SolverSettings(network_group=GroupSettings('lion'), object_group=GroupSettings('lion'),
+                              probe_group=GroupSettings('adam'))
+    step = JointSolver(scan[0], settings).step
+    rates = [float(o.learning_rate.asnumpy()) for o in (step.network_optimizer, step.object_optimizer,
+                                                        step.probe_optimizer)]
+    assert rates == pytest.approx([2e-4, 0.01, 3.0])  # README's table of measured defaults
 
 
 def test_a_diverging_epoch_is_rolled_back_with_halved_rates(scan):
