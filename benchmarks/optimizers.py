@@ -104,9 +104,10 @@ def _cases():
     """
     def settings(name, network, object_name=None, hessian_interval=1):
         object_name = object_name or name
+        defaults = SolverSettings()
         return SolverSettings(
-            network=SolverSettings().network if network else None, network_start=0,
-            network_group=GroupSettings(name),
+            network=defaults.network if network else None, network_start=0,
+            network_group=GroupSettings(name) if network else defaults.network_group,
             object_group=GroupSettings(object_name, options=OBJECT_OPTIONS.get(object_name, {})),
             probe_group=GroupSettings(object_name), hessian_interval=hessian_interval)
     joint = {'engine default': settings('adam', True, 'sgd')}
