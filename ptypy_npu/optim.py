@@ -45,6 +45,27 @@ def sgd(params, learning_rate, momentum=0.0, weight_decay=0.0):
     return nn.SGD(params, learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay)
 
 
+_lion_update = ops.MultitypeFuncGraph('lion_update')
+
+
+@_lion_update.register('Tensor', 'Number', 'Number', 'Number', 'Bool', 'Tensor', 'Tensor', 'Tensor')
+def _lion_update_one(learning_rate, beta1, beta2, decay, lazy, param, moment, gradient):
+    """Lion's step of one parameter in place (see :class:`Lion`)."""
+    # (m + w (g - m)) rather than ops.lerp: MindSpore's CPU lerp with a scalar weight is ~5x slower
+    difference = gradient - moment
+    update = ops.sign(moment + (1 - beta1) * difference)
+    if decay > 0:
+        update = update + decay * param
+    moment_step = (1 - beta2) * difference
+    if lazy:
+        touched = ops.cast(gradient != 0, gradient.dtype)
+        update = update * touched
+        moment_step = moment_step * touched  # the moment stays where nothing was lit
+    ops.assign_sub(param, learning_rate * update)
+    ops.assign_add(moment, moment_step)
+    return True
+
+
 class Lion(nn.Optimizer):
     """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms").
 
@@ -57,9 +78,10 @@ class Lion(nn.Optimizer):
     ``lazy=True`` leaves elements whose gradient is exactly zero (object pixels no frame of
     the batch lit) and their moments alone, as LazyAdam does for sparse gradients; the
     paper's Lion would move them every step along their stale moment.
-    All parameters' elements are updated as one flat vector (the moment is one flat
-    tensor), so a step costs a handful of kernels plus one subtraction per parameter,
-    where an update per parameter would launch six.
+    The update is mapped over the parameters (``ops.HyperMap``), as MindSpore's own
+    optimizers are: one flat update over all of them launches fewer kernels, but its
+    concat and split take seconds to compile (measured: 4.0 s against 0.5 s on the W1Net's
+    40 tensors), more than the flat update saves in a whole run.
     """
     needs_hessian = False
 
@@ -74,29 +96,12 @@ class Lion(nn.Optimizer):
         self.beta1, self.beta2 = float(betas[0]), float(betas[1])
         self.decay = float(weight_decay)
         self.lazy = lazy
-        self.sizes = tuple(int(np.prod(p.shape)) for p in self.parameters)
-        self.moment = Parameter(Tensor(np.zeros(sum(self.sizes), np.float32)), name='lion_m')
-
-    def flat(self, tensors):
-        return ops.concat([t.reshape(-1) for t in tensors])
+        self.moments = self.parameters.clone(prefix='lion_m', init='zeros')
+        self.map = ops.HyperMap()
 
     def construct(self, gradients):
-        lr = self.get_lr()
-        gradient = self.flat(gradients)
-        # (m + w (g - m)) rather than ops.lerp: MindSpore's CPU lerp with a scalar weight is ~5x slower
-        difference = gradient - self.moment
-        update = ops.sign(self.moment + (1 - self.beta1) * difference)
-        if self.decay > 0:
-            update = update + self.decay * self.flat(self.parameters)
-        moment_step = (1 - self.beta2) * difference
-        if self.lazy:
-            touched = ops.cast(gradient != 0, gradient.dtype)
-            update = update * touched
-            moment_step = moment_step * touched  # the moment stays where nothing was lit
-        steps = ops.split(lr * update, self.sizes)
-        for param, step in zip(self.parameters, steps):
-            ops.assign_sub(param, step.reshape(param.shape))
-        ops.assign_add(self.moment, moment_step)
+        step = ops.partial(_lion_update, self.get_lr(), self.beta1, self.beta2, self.decay, self.lazy)
+        self.map(step, self.parameters, self.moments, gradients)
         return True
 
 
