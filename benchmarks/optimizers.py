@@ -27,11 +27,9 @@ import time
 
 import numpy as np
 
-from ptypy_npu.solver import OBJECT_LION_OPTIONS, GroupSettings, JointSolver, SolverSettings
+from ptypy_npu.solver import GroupSettings, JointSolver, SolverSettings
 
 OPTIMIZERS = ('adam', 'adamw', 'lion', 'adahessian')
-#: Options of the object group by optimizer (the engine's, see ``ptypy_npu.engine``).
-OBJECT_OPTIONS = {'lion': OBJECT_LION_OPTIONS}
 #: AdaHessian's refresh interval in the convergence runs: the one that meets its step-cost target.
 CONVERGENCE_HESSIAN_INTERVAL = 10
 
@@ -112,7 +110,7 @@ def _cases():
         return SolverSettings(
             network=defaults.network if network else None, network_start=0,
             network_group=GroupSettings(name) if network else defaults.network_group,
-            object_group=GroupSettings(object_name, options=OBJECT_OPTIONS.get(object_name, {})),
+            object_group=GroupSettings(object_name),
             probe_group=GroupSettings(object_name), hessian_interval=hessian_interval)
     joint = {'engine default': settings('adam', True, 'sgd')}
     joint.update({name: settings(name, True) for name in ('adam', 'adamw', 'lion')})

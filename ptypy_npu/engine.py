@@ -28,7 +28,7 @@ from ptypy.utils.verbose import logger
 
 from .distributed import MindSporeCommunicator, communicator
 from .networks import copy_weights, network_weights
-from .solver import OBJECT_LION_OPTIONS, GroupSettings, JointSolver, ScanData, SolverSettings, select_device
+from .solver import GroupSettings, JointSolver, ScanData, SolverSettings, select_device
 
 __all__ = ['W1Net']
 
@@ -298,14 +298,12 @@ class W1Net(BaseEngine):
         if p.network.name is not None:
             network = {'name': p.network.name, 'depth': p.network.depth, 'width': p.network.width,
                        'binning': p.network.binning}
-        def group(tree, lion_options=None):
+        def group(tree):
             options = {'weight_decay': tree.weight_decay} if tree.weight_decay > 0 else {}
-            if tree.optimizer == 'lion' and lion_options:
-                options.update(lion_options)
             return GroupSettings(tree.optimizer, tree.learning_rate, options)
 
         return SolverSettings(
-            network=network, network_start=p.network.start, network_group=group(p.network_update), object_group=group(p.object_update, OBJECT_LION_OPTIONS),
+            network=network, network_start=p.network.start, network_group=group(p.network_update), object_group=group(p.object_update),
             probe_group=group(p.probe_update),
             batch_size=p.batch_size, loss=p.loss, consistency=p.consistency, network_consistency=p.network_consistency,
             probe_update_start=p.probe_update.start,

@@ -118,10 +118,18 @@ DEFAULT_LEARNING_RATES = {
 }
 
 
+#: Options of a built-in optimizer on a group that differ from the optimizer's own defaults,
+#: the measured best on MoonFlowerScan (benchmarks/optimizers.py); a group's own options override them.
+#: Lion on the object: a batch lights few pixels, so Lion leaves the others (zero gradient) alone,
+#: and a shorter moment memory suits pixels whose moment is updated only when lit.
+DEFAULT_OPTIONS = {'object_group': {'lion': {'lazy': True, 'betas': (0.5, 0.9)}}}
+
+
 @dataclasses.dataclass
 class GroupSettings:
     """Optimizer of one parameter group: a name from the optimizer plugins, its rate (None: the
-    optimizer's entry in :data:`DEFAULT_LEARNING_RATES`), its options."""
+    optimizer's entry in :data:`DEFAULT_LEARNING_RATES`), its options (over those in
+    :data:`DEFAULT_OPTIONS`)."""
     optimizer: str
     learning_rate: float = None
     options: dict = dataclasses.field(default_factory=dict)
@@ -136,11 +144,9 @@ class GroupSettings:
             raise ValueError(f"{group}.learning_rate: optimizer {self.optimizer!r} has no default rate for this "
                              f"group (defaults: {DEFAULT_LEARNING_RATES[group]}); give one") from None
 
-
-#: Options for Lion on the object group, the measured best on MoonFlowerScan (benchmarks/optimizers.py):
-#: a batch lights few pixels, so Lion leaves the others (zero gradient) alone, and a shorter
-#: moment memory suits pixels whose moment is updated only when lit.
-OBJECT_LION_OPTIONS = {'lazy': True, 'betas': (0.5, 0.9)}
+    def optimizer_options(self, group):
+        """The options this optimizer is built with on ``group``: the group's defaults, then ours."""
+        return {**DEFAULT_OPTIONS.get(group, {}).get(self.optimizer, {}), **self.options}
 
 
 def _default_network():
@@ -582,7 +588,7 @@ class JointSolver:
         for params, group, label in groups:
             factory = plugins.optimizer_factory(group.optimizer, parameter=f"{label}.optimizer")
             try:
-                optimizers.append(factory(list(params), group.rate(label), **group.options))
+                optimizers.append(factory(list(params), group.rate(label), **group.optimizer_options(label)))
             except (TypeError, ValueError) as error:  # an option the optimizer does not take, or out of range
                 raise ValueError(f"{label}.options: {error}") from error
         if self.network is None:

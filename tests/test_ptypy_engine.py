@@ -93,6 +93,7 @@ def test_an_optimizer_chosen_in_the_tree_without_a_rate_gets_its_own_default(tmp
     engine.prepare()
     step = engine.solver.step
     assert float(step.object_optimizer.learning_rate.asnumpy()) == pytest.approx(0.01)
+    assert (step.object_optimizer.lazy, step.object_optimizer.beta1) == (True, 0.5)  # the solver's defaults
     assert float(step.probe_optimizer.learning_rate.asnumpy()) == pytest.approx(1.0)  # sgd's
     engine.iterate()
     engine.finalize()

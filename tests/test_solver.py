@@ -134,6 +134,15 @@ def test_a_group_without_a_rate_takes_its_optimizers_documented_default(scan):
     rates = [float(o.learning_rate.asnumpy()) for o in (step.network_optimizer, step.object_optimizer,
                                                         step.probe_optimizer)]
     assert rates == pytest.approx([2e-4, 0.01, 3.0])  # README's table of measured defaults
+    # Lion on the object runs lazy with betas (0.5, 0.9) (README); on the network, the paper's Lion
+    assert (step.object_optimizer.lazy, step.object_optimizer.beta1, step.object_optimizer.beta2) == (True, 0.5, 0.9)
+    assert (step.network_optimizer.lazy, step.network_optimizer.beta1) == (False, 0.9)
+
+
+def test_a_groups_own_options_override_the_defaults_it_does_not_name(scan):
+    settings = SolverSettings(network=None, object_group=GroupSettings('lion', options={'betas': (0.8, 0.95)}))
+    optimizer = JointSolver(scan[0], settings).step.object_optimizer
+    assert (optimizer.lazy, optimizer.beta1, optimizer.beta2) == (True, 0.8, 0.95)
 
 
 def test_a_diverging_epoch_is_rolled_back_with_halved_rates(scan):
