@@ -157,9 +157,11 @@ def main():
         return
     for case, results in convergence(args.epochs, args.target).items():
         print(f"\n== MoonFlowerScan, {case}: epochs / wall time to object error {args.target} ==")
+        adam = results['adam']['reached']
         for name, r in results.items():
             reached = f"{r['reached'][0]:4d} epochs {r['reached'][1]:7.1f} s" if r['reached'] else 'not reached'
-            print(f"{name:22s} {reached:>24s}   best error {r['best_error']:.4f}")
+            ratio = f"{r['reached'][1] / adam[1]:5.2f} x Adam" if r['reached'] and adam else ''
+            print(f"{name:22s} {reached:>24s} {ratio:>12s}   best error {r['best_error']:.4f}")
 
 
 if __name__ == '__main__':
