@@ -3,8 +3,10 @@
     ONEDNN_MAX_CPU_ISA=AVX2 GLOG_v=3 python benchmarks/optimizers.py [--epochs 30]
 
 1. Step cost: each optimizer trains the network group of the default joint step
-   (network on, 128-px frames, batch 8) on a simulated scan, in its own process, so its
-   peak memory (max RSS) is its own. Prints ms per step and the ratio to Adam.
+   (network on, 128-px frames, batch 8) on a simulated scan. The timed solvers share one
+   process and take turns epoch by epoch (``--rounds`` turns each), so drifts of the
+   machine's speed hit them alike; each optimizer's peak memory (max RSS) is measured in a
+   process of its own. Prints ms per step and the ratio to Adam, with each round's ratio.
    AdaHessian is timed with its Hessian estimate refreshed every step (the paper's
    setting, also the solver's default ``hessian_interval``) and every 10 steps.
    Targets: Lion <= 1.0x Adam, AdaHessian <= 2.5x Adam.
@@ -34,20 +36,36 @@ OPTIMIZERS = ('adam', 'adamw', 'lion', 'adahessian')
 CONVERGENCE_HESSIAN_INTERVAL = 10
 
 
-def step_cost(name, hessian_interval, epochs=3):
-    """Worker: ms per joint step with ``name`` on the network group, and this process's peak RSS."""
+def _step_cost_solver(name, hessian_interval):
+    """A solver of the step-cost part, with ``name`` on the network group, and its steps per epoch."""
     from ptypy_npu.simulate import simulate_scan
     data, _ = simulate_scan(frame_size=128, count=64, photons=1e7)
     settings = SolverSettings(network_group=GroupSettings(name), network_start=0, batch_size=8,
                               hessian_interval=hessian_interval)
-    solver = JointSolver(data, settings)
-    solver.run(1)  # compile
-    start, start_cpu = time.perf_counter(), time.process_time()
-    solver.run(epochs)
-    steps = epochs * int(np.ceil(len(data.positions) / settings.batch_size))
-    return {'ms_per_step': 1e3 * (time.perf_counter() - start) / steps,
-            'cpu_ms_per_step': 1e3 * (time.process_time() - start_cpu) / steps,
-            'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return JointSolver(data, settings), -(-len(data.positions) // settings.batch_size)
+
+
+def step_times(runs, rounds):
+    """{label: [(wall ms, CPU ms) per step, one per round]} of the ``runs`` {label: (name, interval)},
+    their solvers taking turns epoch by epoch in this process after one compiling epoch each."""
+    solvers = {label: _step_cost_solver(*run) for label, run in runs.items()}
+    for solver, _ in solvers.values():
+        solver.run(1)  # compile
+    times = {label: [] for label in runs}
+    for _ in range(rounds):
+        for label, (solver, steps) in solvers.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            solver.run(1)
+            times[label].append((1e3 * (time.perf_counter() - start) / steps,
+                                 1e3 * (time.process_time() - start_cpu) / steps))
+    return times
+
+
+def peak_memory(name, hessian_interval):
+    """Worker: this process's peak RSS (MB) after compiling and running two epochs with ``name``."""
+    solver, _ = _step_cost_solver(name, hessian_interval)
+    solver.run(2)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def convergence(epochs, target):
@@ -126,33 +144,30 @@ def main():
     parser.add_argument('--epochs', type=int, default=30, help='epoch budget of the convergence part')
     parser.add_argument('--target', type=float, default=0.15, help='common object error to reach')
     parser.add_argument('--skip-convergence', action='store_true')
-    parser.add_argument('--rounds', type=int, default=3, help='interleaved rounds of the step-cost workers')
+    parser.add_argument('--rounds', type=int, default=10, help='turns (one epoch each) of the timed optimizers')
     args = parser.parse_args()
     if args.worker:
         name, interval = args.worker.split(':')
-        print(json.dumps(step_cost(name, int(interval))))
+        print(json.dumps(peak_memory(name, int(interval))))
         return
-    from ptypy_npu.solver import SolverSettings
     default_interval = SolverSettings().hessian_interval
-    runs = [(n, 1) for n in OPTIMIZERS] + [('adahessian', i) for i in sorted({default_interval, 10} - {1})]
-    samples = {}
-    for _ in range(args.rounds):  # interleaved rounds: drifts of the machine's speed hit every optimizer alike
-        for name, interval in runs:
-            label = name if interval == 1 else f"{name}/{interval}"
-            out = subprocess.run([sys.executable, __file__, '--worker', f"{name}:{interval}"], capture_output=True,
-                                 text=True, check=True)
-            samples.setdefault(label, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
-    costs = {label: {key: float(np.median([r[key] for r in rounds])) for key in rounds[0]}
-             for label, rounds in samples.items()}
-    print(f"== joint W1Net step (network group), 128-px frames, batch 8; median of {args.rounds} interleaved rounds ==")
+    runs = {name: (name, 1) for name in OPTIMIZERS}
+    runs.update({f"adahessian/{i}": ('adahessian', i) for i in sorted({default_interval, 10} - {1})})
+    memory = {label: json.loads(subprocess.run([sys.executable, __file__, '--worker', f"{name}:{interval}"],
+                                               capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+              for label, (name, interval) in runs.items()}
+    times = step_times(runs, args.rounds)
+    print(f"== joint W1Net step (network group), 128-px frames, batch 8; mean of {args.rounds} turns, "
+          "one epoch each, the optimizers taking turns ==")
     print("(wall ms per step; CPU ms per step, both cores summed, which other load on the machine disturbs less)")
-    print(f"{'optimizer':12s} {'ms/step':>8s} {'x Adam':>7s} {'CPU ms':>8s} {'x Adam':>7s} {'peak RSS MB':>12s}"
+    print(f"{'optimizer':13s} {'ms/step':>8s} {'x Adam':>7s} {'CPU ms':>8s} {'x Adam':>7s} {'peak RSS MB':>12s}"
           f"   wall ratios of the rounds")
-    for name, c in costs.items():
-        ratios = ' '.join(f"{r['ms_per_step'] / a['ms_per_step']:.2f}" for r, a in zip(samples[name], samples['adam']))
-        print(f"{name:12s} {c['ms_per_step']:8.1f} {c['ms_per_step'] / costs['adam']['ms_per_step']:7.2f} "
-              f"{c['cpu_ms_per_step']:8.1f} {c['cpu_ms_per_step'] / costs['adam']['cpu_ms_per_step']:7.2f} "
-              f"{c['peak_rss_mb']:12.0f}   {ratios}")
+    adam_wall, adam_cpu = np.mean(times['adam'], axis=0)
+    for label, rounds in times.items():
+        wall, cpu = np.mean(rounds, axis=0)  # the mean: AdaHessian refreshes in some epochs only
+        ratios = ' '.join(f"{r[0] / a[0]:.2f}" for r, a in zip(rounds, times['adam']))
+        print(f"{label:13s} {wall:8.1f} {wall / adam_wall:7.2f} {cpu:8.1f} {cpu / adam_cpu:7.2f} "
+              f"{memory[label]:12.0f}   {ratios}")
     if args.skip_convergence:
         return
     for case, results in convergence(args.epochs, args.target).items():
