@@ -4,7 +4,7 @@
 
 1. Step cost: each optimizer trains the network group of the default joint step
    (network on, 128-px frames, batch 8) on a simulated scan. The timed solvers share one
-   process and take turns epoch by epoch (``--rounds`` turns each), so drifts of the
+   process and take turns epoch by epoch (``--rounds`` turns each, default 30), so drifts of the
    machine's speed hit them alike; each optimizer's peak memory (max RSS) is measured in a
    process of its own. Prints ms per step and the ratio to Adam, with each round's ratio.
    AdaHessian is timed with its Hessian estimate refreshed every step (the paper's
@@ -144,7 +144,7 @@ def main():
     parser.add_argument('--epochs', type=int, default=30, help='epoch budget of the convergence part')
     parser.add_argument('--target', type=float, default=0.15, help='common object error to reach')
     parser.add_argument('--skip-convergence', action='store_true')
-    parser.add_argument('--rounds', type=int, default=10, help='turns (one epoch each) of the timed optimizers')
+    parser.add_argument('--rounds', type=int, default=30, help='turns (one epoch each) of the timed optimizers')
     args = parser.parse_args()
     if args.worker:
         name, interval = args.worker.split(':')
