@@ -26,12 +26,12 @@ FRAMES = 512
 def frames_per_second(frame_size, binning):
     """{batch size: frames/s} of predict + stitch, and the warm-up (compile) time in s."""
     from ptypy_npu import plugins
+    from ptypy_npu.device import select_device
     from ptypy_npu.models import StreamingReconstruction, TrainedModel
     from ptypy_npu.simulate import simulate_scan
-    from ptypy_npu.solver import select_device
     select_device('CPU')  # graph mode, as load_model sets it
     data, _ = simulate_scan(frame_size=frame_size, count=FRAMES, photons=1e7)
-    network = plugins.network_factory('W1Net')(frame_size, depth=3, width=8, binning=binning)
+    network = plugins.network_factory('W1Network')(frame_size, depth=3, width=8, binning=binning)
     sidecar = {'frame_shape': [frame_size, frame_size], 'geometry': {},
                'input': {'scale': float(np.log1p(data.intensities.max()))}}
     model = TrainedModel(None, network, sidecar, data.probe)
@@ -47,14 +47,13 @@ def frames_per_second(frame_size, binning):
 
 def moonflower_versus_dm(workdir):
     """Seconds of DM (100 iterations) and of W1Net 'infer' on the same MoonFlowerScan."""
-    import ptypy_npu  # noqa: F401  (registers W1Net)
     from ptypy import utils as u
     from ptypy.core import Ptycho
     from ptypy.engines import by_name
     from ptypy.utils import parallel
-    from ptypy_npu.engine import W1Net
     from ptypy_npu.models import load_model
-    from ptypy_npu.moonflower import moonflower_scan, use_structured_object
+    from ptypy_npu.ptypy_plugin.engine import W1Net
+    from ptypy_npu.ptypy_plugin.moonflower import moonflower_scan, use_structured_object
     use_structured_object()
 
     def ptycho(engines):

@@ -2,7 +2,7 @@
 
     ONEDNN_MAX_CPU_ISA=AVX2 GLOG_v=3 python benchmarks/moonflower.py [--case standard|lowdose|both]
 
-Runs on the comparison harness (:mod:`ptypy_npu.compare`): one process, same seed
+Runs on the comparison harness (:mod:`ptypy_npu.ptypy_plugin.runner`): one process, same seed
 (identical Poisson noise), each engine in a fresh Ptycho. The object error against the truth
 (:func:`ptypy_npu.metrics.registered_error`) is sampled during the run, outside the timed
 iterations; ``--out DIR`` also writes the harness's table and figures per case. Prints wall time, PtyPy's final errors,
@@ -21,8 +21,9 @@ import os
 import numpy as np
 from ptypy import utils as u
 
-from ptypy_npu.compare import Contestant, run_contestant, score, write_outputs
-from ptypy_npu.moonflower import moonflower_scan
+from ptypy_npu.comparison import Contestant, score, write_outputs
+from ptypy_npu.ptypy_plugin.moonflower import moonflower_scan
+from ptypy_npu.ptypy_plugin.runner import run_contestant
 
 CASES = {
     'standard': dict(frames=200, photons=1e8, density=0.2, target=0.075),

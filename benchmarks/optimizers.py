@@ -17,7 +17,8 @@
    refines the network there, see ``_cases``), then with the network off (object and
    probe only), beside the engine's default (Adam for the network, illumination-normalised
    SGD for object and probe). Every optimizer runs at its rate in
-   ``ptypy_npu.solver.DEFAULT_LEARNING_RATES``. Wall time counts graph compilation.
+   ``ptypy_npu.settings.DEFAULT_LEARNING_RATES``. Wall time counts graph compilation. A run
+   whose divergence guard gave up is printed as "diverged", with the epoch.
    Target: Lion or AdaHessian reaches it in less wall time than Adam.
 """
 import argparse
@@ -29,7 +30,8 @@ import time
 
 import numpy as np
 
-from ptypy_npu.solver import GroupSettings, JointSolver, SolverSettings
+from ptypy_npu import settings
+from ptypy_npu.plugins import build_solver
 
 OPTIMIZERS = ('adam', 'adamw', 'lion', 'adahessian')
 #: AdaHessian's refresh interval in the convergence runs: the one that meets its step-cost target.
@@ -40,9 +42,9 @@ def _step_cost_solver(name, hessian_interval):
     """A solver of the step-cost part, with ``name`` on the network group, and its steps per epoch."""
     from ptypy_npu.simulate import simulate_scan
     data, _ = simulate_scan(frame_size=128, count=64, photons=1e7)
-    settings = SolverSettings(network_group=GroupSettings(name), network_start=0, batch_size=8,
-                              hessian_interval=hessian_interval)
-    return JointSolver(data, settings), -(-len(data.positions) // settings.batch_size)
+    chosen = settings.make({'network_update.optimizer': name, 'network.start': 0, 'batch_size': 8,
+                            'hessian_interval': hessian_interval})
+    return build_solver(data, chosen), -(-len(data.positions) // chosen.batch_size)
 
 
 def step_times(runs, rounds):
@@ -76,9 +78,9 @@ def convergence(epochs, target):
     """
     from ptypy import utils as u
     from ptypy.core import Ptycho
-    from ptypy_npu.engine import W1Net
     from ptypy_npu.metrics import registered_error
-    from ptypy_npu.moonflower import moonflower_scan, true_object, use_structured_object
+    from ptypy_npu.ptypy_plugin.engine import W1Net
+    from ptypy_npu.ptypy_plugin.moonflower import moonflower_scan, true_object, use_structured_object
     use_structured_object()
     np.random.seed(1)
     p = u.Param(verbose_level='critical', io=u.Param(rfile=None, autosave=u.Param(active=False),
@@ -93,8 +95,8 @@ def convergence(epochs, target):
     truth, region = true_object(P)
     results = {}
     for case, runs in _cases().items():
-        solvers = {label: JointSolver(data, settings) for label, settings in runs.items()}
-        results[case] = {label: {'reached': None, 'best_error': 1.0, 'time': 0.0} for label in runs}
+        solvers = {label: build_solver(data, chosen) for label, chosen in runs.items()}
+        results[case] = {label: {'reached': None, 'best_error': None, 'time': 0.0} for label in runs}
         for epoch in range(1, epochs + 1):
             # one epoch of each in turn: a drift of the machine's speed hits every optimizer alike
             for label, solver in solvers.items():
@@ -105,37 +107,39 @@ def convergence(epochs, target):
                 try:
                     solver.run(1)
                 except FloatingPointError:  # the divergence guard gave up
-                    r['diverged'] = True
+                    r['diverged'] = epoch
                     continue
                 r['time'] += time.perf_counter() - tick
-                r['best_error'] = min(r['best_error'], registered_error(solver.object, truth, region))
+                error = registered_error(solver.object, truth, region)
+                r['best_error'] = error if r['best_error'] is None else min(r['best_error'], error)
                 if r['best_error'] <= target:
                     r['reached'] = (epoch, r['time'])
     return results
 
 
 def _cases():
-    """{case: {label: SolverSettings}} of the convergence runs.
+    """{case: {label: Settings}} of the convergence runs.
 
     AdaHessian's object and probe estimate must come from the batch it steps on (a
     refresh on other frames leaves the newly lit pixels' curvature at 0, and the step
     diverges), so it refreshes every step on them; in the joint step it refines the network
     (refreshed every ``CONVERGENCE_HESSIAN_INTERVAL`` steps) beside the default object and probe.
     """
-    def settings(name, network, object_name=None, hessian_interval=1):
+    def case(name, network, object_name=None, hessian_interval=1):
         object_name = object_name or name
-        defaults = SolverSettings()
-        return SolverSettings(
-            network=defaults.network if network else None, network_start=0,
-            network_group=GroupSettings(name) if network else defaults.network_group,
-            object_group=GroupSettings(object_name),
-            probe_group=GroupSettings(object_name), hessian_interval=hessian_interval)
-    joint = {'engine default': settings('adam', True, 'sgd')}
-    joint.update({name: settings(name, True) for name in ('adam', 'adamw', 'lion')})
-    joint['adahessian (network)'] = settings('adahessian', True, 'sgd', CONVERGENCE_HESSIAN_INTERVAL)
+        overrides = {'network.start': 0, 'object_update.optimizer': object_name,
+                     'probe_update.optimizer': object_name, 'hessian_interval': hessian_interval}
+        if network:
+            overrides['network_update.optimizer'] = name
+        else:
+            overrides['network.name'] = None
+        return settings.make(overrides)
+    joint = {'engine default': case('adam', True, 'sgd')}
+    joint.update({name: case(name, True) for name in ('adam', 'adamw', 'lion')})
+    joint['adahessian (network)'] = case('adahessian', True, 'sgd', CONVERGENCE_HESSIAN_INTERVAL)
     return {'joint W1Net step (network on from epoch 0; each optimizer refines network, object and probe, '
             'unless named)': joint,
-            'object and probe only (network off)': {name: settings(name, False) for name in ('sgd',) + OPTIMIZERS}}
+            'object and probe only (network off)': {name: case(name, False) for name in ('sgd',) + OPTIMIZERS}}
 
 
 def main():
@@ -150,7 +154,7 @@ def main():
         name, interval = args.worker.split(':')
         print(json.dumps(peak_memory(name, int(interval))))
         return
-    default_interval = SolverSettings().hessian_interval
+    default_interval = settings.Settings().hessian_interval
     runs = {name: (name, 1) for name in OPTIMIZERS}
     runs.update({f"adahessian/{i}": ('adahessian', i) for i in sorted({default_interval, 10} - {1})})
     memory = {label: json.loads(subprocess.run([sys.executable, __file__, '--worker', f"{name}:{interval}"],
@@ -176,7 +180,9 @@ def main():
         for name, r in results.items():
             reached = f"{r['reached'][0]:4d} epochs {r['reached'][1]:7.1f} s" if r['reached'] else 'not reached'
             ratio = f"{r['reached'][1] / adam[1]:5.2f} x Adam" if r['reached'] and adam else ''
-            print(f"{name:22s} {reached:>24s} {ratio:>12s}   best error {r['best_error']:.4f}")
+            best = f"best error {r['best_error']:.4f}" if r['best_error'] is not None else 'no epoch finished'
+            diverged = f", then diverged in epoch {r['diverged']}" if r.get('diverged') else ''
+            print(f"{name:22s} {reached:>24s} {ratio:>12s}   {best}{diverged}")
 
 
 if __name__ == '__main__':

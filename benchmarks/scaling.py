@@ -20,6 +20,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -31,14 +32,31 @@ import numpy as np
 CASES = {'network on': {'start': 0}, 'physics only': {'name': None}}
 
 
-def worker(epochs, frames, case, channel, batch_size):
+#: Environment variables that hold a process's rank: msrun's, then those of MPICH/Hydra, Open MPI,
+#: MVAPICH, Intel MPI and Slurm.
+RANK_VARIABLES = ('RANK_ID', 'PMI_RANK', 'OMPI_COMM_WORLD_RANK', 'MV2_COMM_WORLD_RANK', 'PMIX_RANK', 'SLURM_PROCID')
+
+
+def process_rank(ranks):
+    """This process's rank from its launcher's environment; exits naming the variables when a
+    multi-process run sets none (an unpinned rank would share a core and spoil the timing)."""
+    for name in RANK_VARIABLES:
+        if name in os.environ:
+            return int(os.environ[name])
+    if ranks > 1:
+        sys.exit(f"scaling worker: none of {', '.join(RANK_VARIABLES)} is set, so this process cannot pin "
+                 "itself to its core; launch with mpiexec (MPICH, Open MPI, MVAPICH, Intel MPI), srun or msrun")
+    return 0
+
+
+def worker(epochs, frames, case, channel, batch_size, ranks):
     """One process: W1Net on MoonFlowerScan; rank 0 prints ``RESULT {json}``."""
-    rank = int(os.environ.get('RANK_ID' if channel == 'mindspore' else 'PMI_RANK', 0))
+    rank = process_rank(ranks)
     os.sched_setaffinity(0, {rank % os.cpu_count()})  # before MindSpore starts its threads
-    import ptypy_npu  # noqa: F401  (registers W1Net)
     from ptypy import utils as u
     from ptypy.core import Ptycho
-    from ptypy_npu.moonflower import moonflower_scan, use_structured_object
+    import ptypy_npu.ptypy_plugin  # noqa: F401  (registers W1Net)
+    from ptypy_npu.ptypy_plugin.moonflower import moonflower_scan, use_structured_object
     use_structured_object()
     np.random.seed(1)
     p = u.Param(verbose_level='critical', io=u.Param(rfile=None, autosave=u.Param(active=False),
@@ -60,7 +78,7 @@ def launch_command(ranks, channel, log_dir):
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
-    return [str(Path(sys.executable).with_name('msrun')), f'--worker_num={ranks}', f'--local_worker_num={ranks}',
+    return [shutil.which('msrun', path=str(Path(sys.executable).parent)) or 'msrun', f'--worker_num={ranks}', f'--local_worker_num={ranks}',
             f'--master_port={port}', f'--log_dir={log_dir}', '--join=True']
 
 
@@ -69,8 +87,10 @@ def measure(ranks, epochs, frames, case, channel, batch_size):
     with tempfile.TemporaryDirectory() as log_dir:
         command = launch_command(ranks, channel, log_dir) + [
             __file__, '--case', case, '--channel', channel, '--epochs', str(epochs), '--frames', str(frames),
-            '--batch-sizes', str(batch_size)]
-        finished = subprocess.run(command, capture_output=True, text=True)
+            '--batch-sizes', str(batch_size), '--processes', str(ranks)]
+        # msrun starts `python` from PATH: this interpreter's folder first
+        environment = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        finished = subprocess.run(command, capture_output=True, text=True, env=environment)
         output = finished.stdout + ''.join(f.read_text() for f in Path(log_dir).glob('worker_0.log'))
     lines = [line for line in output.splitlines() if line.startswith('RESULT ')]
     if finished.returncode or not lines:
@@ -89,11 +109,12 @@ def main():
                         help='global batch sizes to measure (frames per step over all processes; 4 is the engine default)')
     parser.add_argument('--case', choices=sorted(CASES), help=argparse.SUPPRESS)  # a worker's case (msrun would read --worker as its own)
     parser.add_argument('--channel', choices=['mpi', 'mindspore'], default='mpi', help=argparse.SUPPRESS)
+    parser.add_argument('--processes', type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.epochs < 3:
         parser.error('--epochs must be >= 3: the first two epochs compile and are not timed')
     if args.case:
-        return worker(args.epochs, args.frames, args.case, args.channel, args.batch_sizes[0])
+        return worker(args.epochs, args.frames, args.case, args.channel, args.batch_sizes[0], args.processes)
     print(f"== W1Net on MoonFlowerScan, 128-px frames, one core per process, median of {args.epochs - 2} epochs, "
           f"median of {args.rounds} interleaved rounds ==")
     print(f"{'case':14s} {'batch':>5s} {'frames':>6s} {'N=1 s/epoch':>12s} {'N=2 MPI':>9s} {'speed-up':>9s} "

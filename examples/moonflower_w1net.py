@@ -11,13 +11,13 @@ under ./results/moonflower/.
 import argparse
 
 import numpy as np
-import ptypy_npu  # noqa: F401  (registers the W1Net engine with PtyPy)
 from ptypy import utils as u
 from ptypy.core import Ptycho
 from ptypy.utils import parallel
 
+import ptypy_npu.ptypy_plugin  # noqa: F401  (registers the W1Net engine with PtyPy)
 from ptypy_npu.metrics import registered_error
-from ptypy_npu.moonflower import moonflower_scan, true_object, use_structured_object
+from ptypy_npu.ptypy_plugin.moonflower import moonflower_scan, true_object, use_structured_object
 
 
 def report(P, label):

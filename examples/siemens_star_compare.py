@@ -15,8 +15,9 @@ import os
 
 from ptypy import utils as u
 
-from ptypy_npu.compare import compare, known_engines, parse_contestants
-from ptypy_npu.ptyscan import npz_scan_tree
+from ptypy_npu.comparison import parse_contestants
+from ptypy_npu.ptypy_plugin.npz_loader import npz_scan_tree
+from ptypy_npu.ptypy_plugin.runner import compare, known_engines
 
 DATA = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'siemens-star-small.npz.bz2')
 

@@ -1,18 +1,249 @@
-"""``ptypy-npu`` command line: list plugins, reconstruct scans and train models without PtyPy.
+"""``ptypy-npu`` command line: simulate scans, reconstruct them and train models, without PtyPy.
 
-    ptypy-npu plugins
-    ptypy-npu solve --simulate --out result.h5 --png
-    ptypy-npu solve ../shared/data/siemens-star-small.npz.bz2 --frames 200 --out star.h5
+    ptypy-npu simulate --out scan.cxi --with-probe          # a scan file, and its truth beside it
+    ptypy-npu solve scan.cxi --out result.h5 --png --truth scan.truth.npz
     ptypy-npu train scan.cxi --out star_model
     ptypy-npu reconstruct new_scan.cxi --model star_model --out new.h5 --png
     ptypy-npu compare script.py --engines DM EPIE ML W1Net DM+W1Net --numiter 100 --out cmp
-    ptypy-npu compare --ptyr cmp/DM.ptyr cmp/W1Net.ptyr --truth cmp/truth.npz --out cmp2
+    ptypy-npu plugins
+
+The reconstruction flags (``--epochs``, ``--batch-size``, ``--object-rate``, ...) are generated
+from :mod:`ptypy_npu.settings`, the settings of the PtyPy engine under their tree names. Every
+input is checked before any compute; a bad one ends the command with one line naming it (exit 2),
+a diverged run with the reason (exit 3), and nothing is written then.
 """
 import argparse
+import logging
 import sys
-import time
 
-from . import __version__
+from . import __version__, settings
+
+#: Exit status of a refused input, and of a run that diverged (nothing written).
+BAD_INPUT, DIVERGED = 2, 3
+#: The simulated scans' defaults, shared by ``simulate`` and ``solve --simulate``.
+SIMULATION = {'frames': 100, 'frame_size': 64, 'photons': 1e6}
+
+
+class _ProgressHandler(logging.Handler):
+    """Log records through tqdm, so messages do not break the progress bar."""
+
+    def emit(self, record):
+        from tqdm import tqdm
+        tqdm.write(self.format(record))
+
+
+def _convert(text, meta):
+    """A flag's text as the setting's type ('none' for a setting that may be None)."""
+    kinds = [kind.strip() for kind in meta['type'].split(',')]
+    if 'None' in kinds and text.lower() == 'none':
+        return None
+    kind = next(k for k in kinds if k != 'None')
+    try:
+        return {'int': int, 'float': float, 'str': str}[kind](text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {settings.describe(meta)}, got {text!r}") from None
+
+
+def add_setting_flags(parser):
+    """One flag per setting of :class:`~ptypy_npu.settings.Settings`, its help and default from there."""
+    group = parser.add_argument_group('reconstruction settings (PtyPy tree names in brackets)')
+    for key, default, meta in settings.walk(settings.Settings()):
+        flag = settings.cli_flag(key, meta)
+        choices = f" ({'|'.join(map(str, meta['choices']))})" if meta['choices'] else ''
+        group.add_argument(flag, dest=f"setting:{key}", default=None, metavar=key.split('.')[-1].upper(),
+                           type=lambda text, meta=meta: _convert(text, meta),
+                           help=f"{meta['help']}{choices} [{key}; default {default}]")
+
+
+def settings_from(args):
+    """The :class:`~ptypy_npu.settings.Settings` of the flags given (the rest at their defaults)."""
+    given = {name[len('setting:'):]: value for name, value in vars(args).items()
+             if name.startswith('setting:') and value is not None}
+    return settings.make(given)
+
+
+def _flag(key):
+    """The flag of the setting ``key`` (the key itself where it has none)."""
+    return {k: flag for flag, k in settings.flags().items()}.get(key, key)
+
+
+def _positive(name, value):
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def _load_scans(args, model=None):
+    """[(ScanData, truth or None)] from ``--simulate`` or the INPUT files, each with a probe: ``--probe``,
+    else the file's, else the model's, else one guessed from the data (said so)."""
+    from .guesses import probe_from_data
+    from .io import load_scan, read_probe
+    from .simulate import simulate_scan
+    _positive('--frames', args.frames)
+    inputs = args.inputs if isinstance(args.inputs, list) else [args.inputs] if args.inputs else []
+    if getattr(args, 'simulate', False):
+        if inputs:
+            raise ValueError("give INPUT files or --simulate, not both")
+        return [simulate_scan(frame_size=args.frame_size, count=args.frames or SIMULATION['frames'],
+                              photons=args.photons, seed=args.simulation_seed)]
+    if not inputs:
+        raise ValueError("give an INPUT scan file" + (" or --simulate" if hasattr(args, 'simulate') else ""))
+    scans = []
+    for path in inputs:
+        data = load_scan(path, max_frames=args.frames)
+        if args.probe:
+            data.probe = read_probe(args.probe, data.frame_shape)
+        elif data.probe is None and model is not None:
+            data.probe = model.probe
+        elif data.probe is None:
+            logging.getLogger(__name__).info(f"{path} holds no probe: starting from one guessed from the data "
+                                             "(mean diffraction amplitude propagated back); --probe FILE gives one")
+            data.probe = probe_from_data(data.intensities, data.mask)
+        scans.append((data.validate(), None))
+    return scans
+
+
+def _truth(args):
+    """(object, region) of ``--truth`` (``simulate``'s ``.truth.npz``), or None."""
+    if not getattr(args, 'truth', None):
+        return None
+    from .comparison import read_truth
+    return read_truth(args.truth)[:2]
+
+
+def _check_outputs(args, png=False):
+    """The files this command will write, refused up front if they exist (without --force) or their
+    folder is missing or not writable; returns the PNG path or None."""
+    from .files import check_output
+    figure = args.out.rsplit('.', 1)[0] + '.png' if png else None
+    for path in (args.out, figure):
+        if path:
+            check_output(path, args.force)
+    return figure
+
+
+def _reconstruct_scan(args, data, truth, reconstruction):
+    """Run ``reconstruction`` (a JointSolver) for the --epochs, with a progress bar and the object
+    error against ``truth`` every 5 epochs; returns it."""
+    from tqdm import tqdm
+    from .metrics import illuminated_region, registered_error
+    region = None if truth is None else (truth[1] if truth[1] is not None else
+                                         illuminated_region(data.probe, data.positions, truth[0].shape))
+    epochs = reconstruction.settings.numiter
+    with tqdm(total=epochs, unit='epoch', desc=args.command, dynamic_ncols=True) as bar:
+        def report(solver):
+            errors = solver.errors.mean(0)
+            bar.update(1)
+            bar.set_postfix(fourier=f"{errors[0]:.4g}", photon=f"{errors[1]:.4g}", exit=f"{errors[2]:.3g}")
+            if truth is not None and (solver.epoch % 5 == 0 or solver.epoch == epochs):
+                bar.write(f"epoch {solver.epoch:4d}  object error {registered_error(solver.object, truth[0], region):.4f}")
+        reconstruction.run(epochs, report=report)
+    return reconstruction
+
+
+def _solve(args):
+    from .io import save_png, save_result
+    from .metrics import illuminated_region
+    from .plugins import build_solver
+    png = _check_outputs(args, args.png)
+    chosen = settings_from(args).validate()
+    (data, simulated_truth), = _load_scans(args)
+    truth = _truth(args) or (None if simulated_truth is None else (simulated_truth, None))
+    solver = _reconstruct_scan(args, data, truth, build_solver(data, chosen))
+    metadata = {'ptypy_npu_version': __version__, 'input': 'simulated' if args.simulate else str(args.inputs),
+                'epochs': solver.epoch, 'network': str(chosen.network.name), 'loss': chosen.loss}
+    save_result(args.out, solver.object, solver.probe, data.positions, metadata, solver.errors, force=args.force)
+    print(f"wrote {args.out}")
+    if png:
+        save_png(png, solver.object, illuminated_region(solver.probe, data.positions, data.obj.shape), args.force)
+        print(f"wrote {png}")
+    return 0
+
+
+def _train_model(args):
+    from .models import save_model
+    from .plugins import build_solver
+    chosen = settings_from(args).validate()
+    if not chosen.uses_network:
+        raise ValueError(f"{_flag('network.name')} none: train saves a network, so it needs one")
+    _check_outputs(args)
+    if len(args.inputs) > 1:
+        raise ValueError("train takes one INPUT scan")
+    (data, _), = _load_scans(args)
+    solver = _reconstruct_scan(args, data, None, build_solver(data, chosen))
+    save_model(args.out, solver.export_network(), force=args.force)
+    print(f"wrote model {args.out}")
+    return 0
+
+
+def _reconstruct(args):
+    from .io import save_png, save_result
+    from .metrics import illuminated_region, registered_error
+    from .models import StreamingReconstruction, load_model
+    png = _check_outputs(args, args.png)
+    _positive('--batch-size', args.batch_size)
+    _positive('--chunk', args.chunk)
+    model = load_model(args.model, args.device)
+    (data, _), = _load_scans(args, model)
+    truth = _truth(args)
+    model.check(data)
+    stream = StreamingReconstruction(model, data.obj.shape, data.probe, args.batch_size, fill=data.obj,
+                                     report=lambda line: print(line, flush=True))
+    chunk = args.chunk or len(data.positions)
+    obj = stream.run((data.intensities[k:k + chunk], data.positions[k:k + chunk])
+                     for k in range(0, len(data.positions), chunk))
+    if truth is not None:
+        print(f"object error {registered_error(obj, truth[0], truth[1]):.4f}")
+    metadata = {'ptypy_npu_version': __version__, 'input': str(args.inputs), 'model': str(args.model),
+                'frames_per_second': stream.frames_done / stream.seconds}
+    save_result(args.out, obj, data.probe, data.positions, metadata, force=args.force)
+    print(f"wrote {args.out}")
+    if png:
+        save_png(png, obj, illuminated_region(data.probe, data.positions, obj.shape), args.force)
+        print(f"wrote {png}")
+    return 0
+
+
+def _simulate(args):
+    import numpy as np
+
+    from .files import atomic_output, check_output
+    from .io import save_cxi
+    from .metrics import illuminated_region
+    from .simulate import simulate_scan
+    for name in ('--frames', '--frame-size'):
+        _positive(name, getattr(args, name[2:].replace('-', '_')))
+    if not args.photons > 0:
+        raise ValueError(f"--photons must be > 0, got {args.photons}")
+    truth_path = args.out.rsplit('.', 1)[0] + '.truth.npz'
+    for path in (args.out, truth_path):
+        check_output(path, args.force)
+    data, truth = simulate_scan(frame_size=args.frame_size, count=args.frames, photons=args.photons,
+                                seed=args.seed, obj=args.object)
+    save_cxi(args.out, data, with_probe=args.with_probe, force=args.force)
+    with atomic_output(truth_path, args.force, 'truth file') as temporary, open(temporary, 'wb') as handle:
+        np.savez(handle, object=truth, region=illuminated_region(data.probe, data.positions, truth.shape),
+                 probe=data.probe)
+    print(f"wrote {args.out} ({len(data.positions)} frames of {args.frame_size} px, {args.photons:.3g} photons "
+          f"per frame, {'with' if args.with_probe else 'without'} its probe) and its truth {truth_path}")
+    return 0
+
+
+def _compare(args):
+    from . import comparison
+    if args.ptyr:
+        if args.tree or args.engines:
+            raise ValueError("give either SCRIPT_OR_TREE with --engines, or --ptyr files, not both")
+        comparison.compare_ptyr(args.ptyr, args.out, args.truth, args.force)
+        return 0
+    if not args.tree:
+        raise ValueError("give a PtyPy script or JSON tree (SCRIPT_OR_TREE), or --ptyr files")
+    if args.truth:
+        raise ValueError("--truth is for --ptyr files; simulated scans bring their own truth")
+    from .ptypy_plugin import runner
+    contestants = comparison.parse_contestants(args.engines, args.numiter, runner.known_engines())
+    runner.compare(runner.load_tree(args.tree), contestants, args.out, args.seed, args.sample_every, args.force,
+                   args.halves)
+    return 0
 
 
 def _plugins(args):
@@ -23,171 +254,64 @@ def _plugins(args):
     return 0
 
 
-def _load_input(args, probe=None):
-    """(ScanData, truth or None) from ``--simulate`` or the INPUT file (CXI or npz)."""
-    from .io import load_scan
-    from .simulate import simulate_scan
-    if getattr(args, 'simulate', False):
-        return simulate_scan(frame_size=args.frame_size, count=args.frames or 100, photons=args.photons,
-                             seed=args.seed)
-    if not args.input:
-        raise ValueError(f"ptypy-npu {args.command}: give an INPUT scan file" +
-                         (" or --simulate" if hasattr(args, 'simulate') else ""))
-    return load_scan(args.input, probe=probe, max_frames=args.frames), None
+def _add_scan_inputs(parser, several=False):
+    parser.add_argument('inputs', nargs='+' if several else '?', metavar='INPUT',
+                        help='scan file: .cxi/.h5 (CXI) or .npz/.npz.bz2 (data, scan, probe optional)')
+    parser.add_argument('--frames', type=int, help='use only the first FRAMES frames')
+    parser.add_argument('--probe', help='initial probe: .npy, .npz, .cxi/.h5 or a PtyPy .ptyr (default: the '
+                                        "file's, else one guessed from the data)")
+    parser.add_argument('--force', action='store_true', help='replace existing output files')
 
 
-def _outputs(args):
-    """The files this command will write; refused up front if they exist without --force."""
-    from .io import refuse_overwrite
-    png = args.out.rsplit('.', 1)[0] + '.png' if getattr(args, 'png', False) else None
-    for path in (args.out, png):
-        if path:
-            refuse_overwrite(path, args.force)
-    return png
-
-
-def _train(args, data, truth):
-    """Run the joint solver on ``data`` for ``args.epochs``, printing errors; returns the solver."""
-    from .metrics import illuminated_region, registered_error
-    from .solver import GroupSettings, JointSolver, SolverSettings
-    network = None if args.network.lower() == 'none' else {'name': args.network, 'depth': args.depth,
-                                                           'width': args.width, 'binning': args.binning}
-    settings = SolverSettings(network=network, loss=args.loss, seed=args.seed, device=args.device,
-                              precision=args.precision)
-    for name in ('network_start', 'batch_size'):
-        if getattr(args, name) is not None:
-            setattr(settings, name, getattr(args, name))
-    for group, rate in (('object_group', args.object_rate), ('probe_group', args.probe_rate)):
-        if rate is not None:
-            setattr(settings, group, GroupSettings(getattr(settings, group).optimizer, rate))
-    solver = JointSolver(data, settings)
-    region = illuminated_region(data.probe, data.positions, data.obj.shape) if truth is not None else None
-    start = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        errors = solver.run(1)
-        line = (f"epoch {epoch:4d}  {time.perf_counter() - start:7.1f} s  fourier {errors[:, 0].mean():.4g}  "
-                f"photon {errors[:, 1].mean():.4g}  exit {errors[:, 2].mean():.4g}")
-        if truth is not None and (epoch % 5 == 0 or epoch == args.epochs):
-            line += f"  object error {registered_error(solver.object, truth, region):.4f}"
-        print(line, flush=True)
-    return solver
-
-
-def _solve(args):
-    from .io import save_png, save_result
-    png = _outputs(args)
-    data, truth = _load_input(args)
-    solver = _train(args, data, truth)
-    metadata = {'ptypy_npu_version': __version__, 'input': 'simulated' if args.simulate else str(args.input),
-                'epochs': args.epochs, 'network': str(solver.settings.network), 'loss': args.loss}
-    save_result(args.out, solver.object, solver.probe, data.positions, metadata, solver.errors, force=args.force)
-    print(f"wrote {args.out}")
-    if png:
-        save_png(png, solver.object, force=args.force)
-        print(f"wrote {png}")
-    return 0
-
-
-def _train_model(args):
-    from .models import save_model
-    _outputs(args)
-    data, truth = _load_input(args)
-    solver = _train(args, data, truth)
-    save_model(args.out, solver, force=args.force)
-    print(f"wrote model {args.out}")
-    return 0
-
-
-def _reconstruct(args):
-    from .io import save_png, save_result
-    from .models import StreamingReconstruction, load_model
-    png = _outputs(args)
-    model = load_model(args.model, args.device)
-    data, _ = _load_input(args, probe=model.probe)
-    model.check(data)
-    stream = StreamingReconstruction(model, data.obj.shape, data.probe, args.batch_size, fill=data.obj,
-                                     report=lambda line: print(line, flush=True))
-    chunk = args.chunk or len(data.positions)
-    obj = stream.run((data.intensities[k:k + chunk], data.positions[k:k + chunk])
-                     for k in range(0, len(data.positions), chunk))
-    metadata = {'ptypy_npu_version': __version__, 'input': str(args.input), 'model': str(args.model),
-                'frames_per_second': stream.frames_done / stream.seconds}
-    save_result(args.out, obj, data.probe, data.positions, metadata, force=args.force)
-    print(f"wrote {args.out}")
-    if png:
-        save_png(png, obj, force=args.force)
-        print(f"wrote {png}")
-    return 0
-
-
-def _compare(args):
-    from . import compare
-    if args.ptyr:
-        if args.tree or args.engines:
-            raise ValueError("compare: give either SCRIPT_OR_TREE with --engines, or --ptyr files, not both")
-        compare.compare_ptyr(args.ptyr, args.out, args.truth, args.force)
-    else:
-        if not args.tree:
-            raise ValueError("compare: give a PtyPy script or JSON tree (SCRIPT_OR_TREE), or --ptyr files")
-        if args.truth:
-            raise ValueError("compare: --truth is for --ptyr files; simulated scans bring their own truth")
-        contestants = compare.parse_contestants(args.engines, args.numiter, compare.known_engines())
-        compare.compare(compare.load_tree(args.tree), contestants, args.out, args.seed, args.sample_every,
-                        args.force, args.halves)
-    return 0
-
-
-def _add_solver_options(parser):
-    parser.add_argument('--frames', type=int, help='use only the first FRAMES frames (simulation: frame count)')
-    parser.add_argument('--frame-size', type=int, default=64, help='simulated frame size in pixels')
-    parser.add_argument('--photons', type=float, default=1e6, help='simulated mean photons per frame')
-    parser.add_argument('--simulate', action='store_true', help='simulate a Siemens-star scan instead of INPUT')
-    parser.add_argument('--epochs', type=int, default=60)
-    parser.add_argument('--batch-size', type=int, help="frames per step (default: the solver's)")
-    parser.add_argument('--network', default='W1Net', help="network name from the plugins, or 'none'")
-    parser.add_argument('--network-start', type=int,
-                        help="epochs of physics-only refinement before the network joins (default: the solver's)")
-    parser.add_argument('--depth', type=int, default=3)
-    parser.add_argument('--width', type=int, default=8)
-    parser.add_argument('--binning', type=int, default=1)
-    parser.add_argument('--loss', default='gaussian', choices=['gaussian', 'poisson'])
-    parser.add_argument('--object-rate', type=float, help="object learning rate (1 = full step; default: the solver's)")
-    parser.add_argument('--probe-rate', type=float, help="probe learning rate (1 = full step; default: the solver's)")
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--device', default='CPU', choices=['CPU', 'GPU', 'Ascend'])
-    parser.add_argument('--precision', default='float32', choices=['float32', 'float16', 'bfloat16'],
-                        help="the network's arithmetic while training (bfloat16: GPU or Ascend)")
+def _add_simulation(parser):
+    parser.add_argument('--frame-size', type=int, default=SIMULATION['frame_size'], help='frame size in pixels')
+    parser.add_argument('--photons', type=float, default=SIMULATION['photons'], help='mean photons per frame')
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog='ptypy-npu', description=__doc__.split('\n')[0])
     parser.add_argument('--version', action='version', version=f'ptypy-npu {__version__}')
     commands = parser.add_subparsers(dest='command', required=True)
-    commands.add_parser('plugins', help='list loaded plugins and what they contribute').set_defaults(run=_plugins)
-    solve = commands.add_parser('solve', help='reconstruct a scan (CXI, npz or simulated) without PtyPy')
-    solve.add_argument('input', nargs='?', help='scan file: .cxi/.h5 (CXI) or .npz/.npz.bz2 (data, scan, probe)')
+
+    simulate = commands.add_parser('simulate', help='write a simulated scan as a CXI file, its truth beside it')
+    simulate.add_argument('--out', required=True, help='CXI file to write; the truth goes to OUT.truth.npz')
+    from .simulate import OBJECTS
+    simulate.add_argument('--object', default='star', choices=sorted(OBJECTS), help='test object')
+    simulate.add_argument('--frames', type=int, default=SIMULATION['frames'], help='frames of the scan')
+    _add_simulation(simulate)
+    simulate.add_argument('--seed', type=int, default=0, help='seed of the Poisson noise (and random objects)')
+    simulate.add_argument('--with-probe', action='store_true', help='store the probe in the file (raw files lack it)')
+    simulate.add_argument('--force', action='store_true', help='replace existing output files')
+    simulate.set_defaults(run=_simulate)
+
+    solve = commands.add_parser('solve', help='reconstruct a scan (CXI, npz or simulated)')
+    _add_scan_inputs(solve)
     solve.add_argument('--out', required=True, help='HDF5 result file to write')
     solve.add_argument('--png', action='store_true', help='also write amplitude/phase as OUT.png')
-    solve.add_argument('--force', action='store_true', help='replace existing output files')
-    _add_solver_options(solve)
+    solve.add_argument('--truth', help="truth file (simulate's .truth.npz): print the object error")
+    solve.add_argument('--simulate', action='store_true', help='simulate a Siemens-star scan instead of INPUT')
+    _add_simulation(solve)
+    solve.add_argument('--simulation-seed', type=int, default=0, help='seed of the simulated noise')
+    add_setting_flags(solve)
     solve.set_defaults(run=_solve)
+
     train = commands.add_parser('train', help='train a network on a scan and save it as a model directory')
-    train.add_argument('input', nargs='?', help='scan file: .cxi/.h5 (CXI) or .npz/.npz.bz2')
+    _add_scan_inputs(train, several=True)
     train.add_argument('--out', required=True, help='model directory to write')
-    train.add_argument('--force', action='store_true', help='replace an existing model directory')
-    _add_solver_options(train)
+    add_setting_flags(train)
     train.set_defaults(run=_train_model)
+
     reconstruct = commands.add_parser('reconstruct', help="one-pass reconstruction of a scan with a trained model")
-    reconstruct.add_argument('input', help='scan file: .cxi/.h5 (CXI) or .npz/.npz.bz2')
+    _add_scan_inputs(reconstruct)
     reconstruct.add_argument('--model', required=True, help='model directory written by `ptypy-npu train`')
     reconstruct.add_argument('--out', required=True, help='HDF5 result file to write')
     reconstruct.add_argument('--png', action='store_true', help='also write amplitude/phase as OUT.png')
-    reconstruct.add_argument('--force', action='store_true', help='replace existing output files')
-    reconstruct.add_argument('--frames', type=int, help='use only the first FRAMES frames')
+    reconstruct.add_argument('--truth', help="truth file (simulate's .truth.npz): print the object error")
     reconstruct.add_argument('--batch-size', type=int, default=64, help='frames per forward pass')
     reconstruct.add_argument('--chunk', type=int, help='frames per streamed chunk (default: all at once)')
-    reconstruct.add_argument('--device', default='CPU', choices=['CPU', 'GPU', 'Ascend'])
+    reconstruct.add_argument('--device', default='CPU', choices=settings.DEVICES)
     reconstruct.set_defaults(run=_reconstruct)
+
     comparison = commands.add_parser('compare', help='run engines side by side on one scan (needs PtyPy), '
                                                      'or compare finished .ptyr reconstructions')
     comparison.add_argument('tree', nargs='?', metavar='SCRIPT_OR_TREE',
@@ -206,16 +330,31 @@ def build_parser():
     comparison.add_argument('--seed', type=int, default=0)
     comparison.add_argument('--sample-every', type=int, default=5, help='iterations between convergence samples')
     comparison.set_defaults(run=_compare)
+
+    commands.add_parser('plugins', help='list loaded plugins and what they contribute').set_defaults(run=_plugins)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    handler = _ProgressHandler()
+    handler.setFormatter(logging.Formatter('%(message)s'))
+    package_logger = logging.getLogger('ptypy_npu')
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
     try:
         return args.run(args)
+    except settings.SettingError as error:
+        print(f"ptypy-npu {args.command}: error: {error.spelled(_flag)}", file=sys.stderr)
+        return BAD_INPUT
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"ptypy-npu {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return BAD_INPUT
+    except FloatingPointError as error:
+        print(f"ptypy-npu {args.command}: the run diverged and nothing was written: {error}", file=sys.stderr)
+        return DIVERGED
+    finally:
+        package_logger.removeHandler(handler)
 
 
 if __name__ == '__main__':

@@ -116,6 +116,30 @@ class MindSporeCommunicator:
         return [int(v) for v in gathered.asnumpy()]
 
 
+def allreduce_arrays(communicator, arrays):
+    """numpy ``arrays`` (real or complex) summed over the ranks through one float32 buffer (one
+    collective call); complex arrays travel as real/imag parts. Returns new arrays in their dtypes,
+    or ``arrays`` themselves in a single process."""
+    if communicator.size == 1:
+        return list(arrays)
+    parts = [np.stack([a.real, a.imag]) if np.iscomplexobj(a) else np.asarray(a) for a in arrays]
+    buffer = communicator.allreduce(np.concatenate([p.ravel() for p in parts]).astype(np.float32, copy=False))
+    bounds = np.cumsum([0] + [p.size for p in parts])
+    totals = []
+    for array, part, low, high in zip(arrays, parts, bounds[:-1], bounds[1:]):
+        total = buffer[low:high].reshape(part.shape)
+        totals.append((total[0] + 1j * total[1] if np.iscomplexobj(array) else total).astype(np.asarray(array).dtype))
+    return totals
+
+
+def allreduce_tensors(communicator, tensors):
+    """float32 MindSpore ``tensors`` summed over the ranks (one collective call); the tensors
+    themselves in a single process."""
+    if communicator.size == 1:
+        return tuple(tensors)
+    return tuple(Tensor(t) for t in allreduce_arrays(communicator, [t.asnumpy() for t in tensors]))
+
+
 def communicator(comm=None):
     """:class:`MPICommunicator` over ``comm`` when it spans more than one rank, else :class:`SingleProcess`."""
     if comm is None or comm.Get_size() == 1:

@@ -6,6 +6,8 @@ removes all of them before comparing with the truth.
 """
 import numpy as np
 
+from .scan import illumination
+
 #: Alternations of phase-ramp removal and shift registration in :func:`registered_error`.
 REGISTRATION_ROUNDS = 3
 #: Width (px) of the taper to zero at the edge of the region an FRC compares.
@@ -123,13 +125,8 @@ def illuminated_region(probe, positions, object_shape, threshold=0.1):
 
     probe (M, H, W) or (H, W) complex; positions (N, 2) top-left object pixels.
     """
-    power = np.abs(np.asarray(probe)) ** 2
-    power = power.sum(0) if power.ndim == 3 else power
-    h, w = power.shape
-    illumination = np.zeros(object_shape)
-    for row, col in np.asarray(positions, dtype=int):
-        illumination[row:row + h, col:col + w] += power
-    return illumination >= threshold * illumination.max()
+    total = illumination(probe, positions, object_shape)
+    return total >= threshold * total.max()
 
 
 def fourier_ring_correlation(image_a, image_b):

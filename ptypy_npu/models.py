@@ -12,13 +12,17 @@ average), so overlapping frames agree where the probe is bright.
 """
 import json
 import os
-import shutil
 import time
 
+import mindspore as ms
 import numpy as np
 
 from . import __version__, plugins
+from .device import select_device
+from .distributed import allreduce_arrays
+from .files import atomic_output
 from .networks import copy_weights, network_input, network_weights, predict_patches
+from .scan import add_patches
 
 MODEL_FORMAT = 'ptypy-npu-model/1'
 WEIGHTS_FILE, PROBE_FILE, SIDECAR_FILE = 'weights.safetensors', 'probe.npy', 'model.json'
@@ -28,40 +32,31 @@ GEOMETRY_TOLERANCE = 1e-3
 STITCH_THRESHOLD = 1e-3
 
 
-def save_model(directory, solver, force=False):
-    """Save ``solver``'s network as a model directory; returns the sidecar (dict).
+def save_model(directory, export, force=False):
+    """Save a trained network (a :class:`~ptypy_npu.solver.NetworkExport`, from the solver's
+    ``export_network()``) as a model directory; returns the sidecar (dict).
 
     The sidecar records the architecture and its settings, the frame shape, the input
-    normalisation, the geometry of the training scan, how long it was trained and the
-    ptypy-npu and MindSpore versions. Written to a temporary directory and renamed, so an
-    existing model is replaced only when ``force`` is set, and never left half-written.
+    normalisation, the geometry of the training scan, how it was trained and the ptypy-npu and
+    MindSpore versions. Written to a temporary directory and renamed, so an existing model is
+    replaced only when ``force`` is set, and never left half-written.
     """
-    import mindspore as ms
-    if solver.network is None:
-        raise ValueError("network is None: the physics-only solver has no network to save")
-    if os.path.exists(directory) and not force:
-        raise FileExistsError(f"model {directory} exists; choose another path or pass --force to replace it")
     sidecar = {
         'format': MODEL_FORMAT,
-        'network': solver.settings.network,
-        'frame_shape': list(solver.data.intensities.shape[1:]),
-        'input': {'transform': 'log1p', 'scale': solver.input_scale},
-        'geometry': solver.data.geometry,
-        'training': {'frames': int(solver.data.intensities.shape[0]), 'epochs': solver.epoch,
-                     'loss': solver.settings.loss},
+        'network': export.settings,
+        'frame_shape': list(export.frame_shape),
+        'input': {'transform': 'log1p', 'scale': export.input_scale},
+        'geometry': export.geometry,
+        'training': export.training,
         'versions': {'ptypy_npu': __version__, 'mindspore': ms.__version__},
     }
-    temporary = f"{directory.rstrip(os.sep)}.partial"
-    shutil.rmtree(temporary, ignore_errors=True)
-    os.makedirs(temporary)
-    weights = [{'name': name, 'data': param} for name, param in network_weights(solver.network).items()]
-    ms.save_checkpoint(weights, os.path.join(temporary, WEIGHTS_FILE), format='safetensors')
-    np.save(os.path.join(temporary, PROBE_FILE), solver.probe, allow_pickle=False)
-    with open(os.path.join(temporary, SIDECAR_FILE), 'w') as handle:
-        json.dump(sidecar, handle, indent=1)
-    if os.path.exists(directory):
-        shutil.rmtree(directory)
-    os.replace(temporary, directory)
+    with atomic_output(directory, force, 'model') as temporary:
+        os.makedirs(temporary)
+        weights = [{'name': name, 'data': param} for name, param in network_weights(export.network).items()]
+        ms.save_checkpoint(weights, os.path.join(temporary, WEIGHTS_FILE), format='safetensors')
+        np.save(os.path.join(temporary, PROBE_FILE), export.probe, allow_pickle=False)
+        with open(os.path.join(temporary, SIDECAR_FILE), 'w') as handle:
+            json.dump(sidecar, handle, indent=1)
     return sidecar
 
 
@@ -110,17 +105,16 @@ class TrainedModel:
                                          fill=data.obj if fill is None else fill)
         stream.feed(data.intensities, data.positions)
         if communicator is not None:
-            numerator, denominator = stream.numerator, stream.denominator
-            totals = communicator.allreduce(np.stack([numerator.real, numerator.imag, denominator]).astype(np.float32))
-            numerator[...], denominator[...] = totals[0] + 1j * totals[1], totals[2]
+            stream.numerator, stream.denominator = allreduce_arrays(communicator, [stream.numerator,
+                                                                                   stream.denominator])
         return stream.object
 
 
 def load_model(directory, device='CPU'):
     """A :class:`TrainedModel` from :func:`save_model`'s directory, compiled for ``device``
-    (graph mode); clear errors naming the file."""
-    import mindspore as ms
-    from .solver import select_device
+    (graph mode); clear errors naming the directory or file."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"model directory {directory} does not exist")
     select_device(device)
     paths = {name: os.path.join(directory, name) for name in (WEIGHTS_FILE, PROBE_FILE, SIDECAR_FILE)}
     for path in paths.values():
@@ -135,7 +129,11 @@ def load_model(directory, device='CPU'):
     if sidecar.get('format') != MODEL_FORMAT:
         raise ValueError(f"{paths[SIDECAR_FILE]}: format {sidecar.get('format')!r}, expected {MODEL_FORMAT!r}")
     settings = dict(sidecar['network'])
-    network = plugins.network_factory(settings.pop('name'))(sidecar['frame_shape'][0], **settings)
+    try:
+        factory = plugins.network_factory(settings.pop('name'))
+    except ValueError as error:
+        raise ValueError(f"model {directory}: its network is not available here: {error}") from None
+    network = factory(sidecar['frame_shape'][0], **settings)
     try:
         weights = ms.load_checkpoint(paths[WEIGHTS_FILE], format='safetensors')
     except Exception as error:
@@ -173,10 +171,8 @@ class StreamingReconstruction:
         """Predict and stitch one chunk; returns its frames per second."""
         start = time.perf_counter()
         patches = self.model.predict(frames, self.batch_size)
-        h, w = self.model.frame_shape
-        for patch, (row, col) in zip(patches, np.asarray(positions, dtype=int)):
-            self.numerator[row:row + h, col:col + w] += self.weight * patch
-            self.denominator[row:row + h, col:col + w] += self.weight
+        self.numerator += add_patches(self.weight * patches, positions, self.numerator.shape)
+        self.denominator += add_patches(self.weight, positions, self.denominator.shape)
         elapsed = time.perf_counter() - start
         self.frames_done += len(frames)
         self.seconds += elapsed

@@ -7,7 +7,7 @@ the network does not need to unwrap.
 
 Only layers with second-order gradients in MindSpore's graph mode are used (strided
 convolutions, transposed convolutions, BatchNorm, LeakyReLU/Tanh): no pooling, no
-``nn.Upsample``, no GroupNorm, so AdaHessian can train them (DESIGN.md section 2).
+``nn.Upsample``, no GroupNorm, so AdaHessian can train them (docs/ARCHITECTURE.md, MindSpore facts).
 """
 import math
 
@@ -116,7 +116,7 @@ def check_network_geometry(frame_size, depth, binning):
             f"(designed for {', '.join(map(str, FRAME_SIZES))}; crop or bin the frames)")
 
 
-class W1Net(nn.Cell):
+class W1Network(nn.Cell):
     """Encoder of strided convolutions, two decoders (log-amplitude, phase) of transposed convolutions.
 
     Parameters
@@ -131,9 +131,11 @@ class W1Net(nn.Cell):
     binning : int
         Sum ``binning x binning`` detector pixels before the encoder (1, 2, 4), for large
         detectors; the decoders still return full-size (H, W) patches.
+
+    The defaults are the settings' (:class:`ptypy_npu.settings.Network`).
     """
 
-    def __init__(self, frame_size, depth=3, width=16, binning=1):
+    def __init__(self, frame_size, depth=3, width=8, binning=2):
         super().__init__()
         check_network_geometry(frame_size, depth, binning)
         if not isinstance(width, int) or width < 1:

@@ -2,7 +2,7 @@
 
 Everything here runs inside MindSpore graphs (CPU, GPU, Ascend). Complex fields are
 carried as ``(real, imag)`` pairs of float32 tensors: MindSpore's complex autodiff is
-unreliable (DESIGN.md section 2), so the only complex-dtype ops are ``fft2`` and the
+unreliable (docs/ARCHITECTURE.md, MindSpore facts), so the only complex-dtype ops are ``fft2`` and the
 ``Complex``/``real``/``imag`` conversions around it.
 
 Conventions follow PtyPy's ``BasicFarfieldPropagator``::

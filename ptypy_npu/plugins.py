@@ -1,8 +1,11 @@
-"""Plugin host: a pluggy PluginManager for built-in and installed plugins.
+"""Plugin host: a pluggy PluginManager for built-in and installed plugins, and the names they resolve.
 
 Built-ins (:mod:`ptypy_npu.builtin`) register through the same hooks as third-party
-distributions, which are found through entry points in group ``ptypy_npu``. A plugin
-that fails to import is reported by name and skipped.
+distributions, which are found through entry points in group ``ptypy_npu``. A plugin that fails
+to import is reported by name and skipped. The host resolves the networks and optimizers the
+settings name into the :class:`~ptypy_npu.solver.Factories` the solver is built with
+(:func:`build_solver`); PtyPy engines that plugins contribute are registered with PtyPy by
+:mod:`ptypy_npu.ptypy_plugin`, not here.
 """
 import importlib.metadata
 import logging
@@ -11,6 +14,8 @@ import warnings
 import pluggy
 
 from . import hookspecs
+from .settings import SettingError
+from .solver import Factories, JointSolver
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +50,8 @@ def _load_entry_points(manager):
             plugin = entry_point.load()
             manager.register(plugin, name=entry_point.name)
         except Exception as error:  # a broken plugin must never break the host
-            FAILED_PLUGINS[entry_point.name] = (distribution, f"{type(error).__name__}: {error}")
-            warnings.warn(f"ptypy-npu plugin {entry_point.name!r} from distribution {distribution!r} "
-                          f"failed to load and is skipped: {type(error).__name__}: {error}")
+            _DISTRIBUTIONS[entry_point.name] = distribution
+            record_failure(entry_point.name, error)
             continue
         _DISTRIBUTIONS[entry_point.name] = distribution
 
@@ -73,20 +77,47 @@ def optimizers():
     return _collect(get_plugin_manager().hook.ptypy_npu_optimizers(), 'optimizer')
 
 
-def _lookup(registry, kind, name, parameter):
+def _lookup(registry, kind, name, key):
     if name not in registry:
-        raise ValueError(f"{parameter}: unknown {kind} {name!r}; available: {', '.join(sorted(registry))}")
+        raise SettingError(key, f"names an unknown {kind} {name!r}; available: {', '.join(sorted(registry))}")
     return registry[name]
 
 
-def network_factory(name, parameter='network.name'):
-    """The factory of network ``name``; ``ValueError`` naming ``parameter`` and the choices."""
-    return _lookup(networks(), 'network', name, parameter)
+def network_factory(name, key='network.name'):
+    """The factory of network ``name``; :class:`SettingError` naming ``key`` and the choices."""
+    return _lookup(networks(), 'network', name, key)
 
 
-def optimizer_factory(name, parameter='optimizer'):
-    """The factory of optimizer ``name``; ``ValueError`` naming ``parameter`` and the choices."""
-    return _lookup(optimizers(), 'optimizer', name, parameter)
+def optimizer_factory(name, key='optimizer'):
+    """The factory of optimizer ``name``; :class:`SettingError` naming ``key`` and the choices."""
+    return _lookup(optimizers(), 'optimizer', name, key)
+
+
+def factories(settings):
+    """The :class:`~ptypy_npu.solver.Factories` that ``settings`` (:class:`~ptypy_npu.settings.Settings`) name."""
+    groups = ('object_update', 'probe_update') + (('network_update',) if settings.uses_network else ())
+    network = network_factory(settings.network.name) if settings.uses_network else None
+    return Factories(network, {group: optimizer_factory(getattr(settings, group).optimizer, f"{group}.optimizer")
+                               for group in groups})
+
+
+def build_solver(data, settings, **options):
+    """A :class:`~ptypy_npu.solver.JointSolver` of ``data`` with the networks and optimizers that
+    ``settings`` name; ``options`` as the solver takes them (communicator, input_scale, ...)."""
+    resolved = factories(settings)  # unknown names first: a rate is only missing for a known optimizer
+    return JointSolver(data, settings, resolved, **options)
+
+
+def engine_classes():
+    """``[(plugin name, callable returning engine classes)]`` of every plugin's ``ptypy_npu_engines`` hook."""
+    return [(impl.plugin_name, impl.function) for impl in get_plugin_manager().hook.ptypy_npu_engines.get_hookimpls()]
+
+
+def record_failure(plugin_name, error):
+    """Report a plugin that failed while contributing (by name, with the error) and remember it."""
+    FAILED_PLUGINS[plugin_name] = (_DISTRIBUTIONS.get(plugin_name, '?'), f"{type(error).__name__}: {error}")
+    warnings.warn(f"ptypy-npu plugin {plugin_name!r} failed to contribute and is skipped: "
+                  f"{type(error).__name__}: {error}")
 
 
 def describe():
@@ -100,26 +131,3 @@ def describe():
     for name, (distribution, error) in FAILED_PLUGINS.items():
         rows.append((name, distribution, [], [], f"failed: {error}"))
     return rows
-
-
-def register_with_ptypy():
-    """Register every contributed engine with PtyPy so parameter trees can name it.
-
-    Needs PtyPy importable. Engines already known to PtyPy are left alone. Also registers
-    the data loader :class:`~ptypy_npu.ptyscan.NpzScan`.
-    """
-    import ptypy.engines
-
-    from . import ptyscan  # noqa: F401  (registers NpzScan with PtyPy)
-    for impl in get_plugin_manager().hook.ptypy_npu_engines.get_hookimpls():
-        try:
-            engine_classes = impl.function()
-        except Exception as error:  # one broken plugin must not hide the others or PtyPy's engines
-            FAILED_PLUGINS[impl.plugin_name] = (_DISTRIBUTIONS.get(impl.plugin_name, '?'),
-                                                f"{type(error).__name__}: {error}")
-            warnings.warn(f"ptypy-npu plugin {impl.plugin_name!r} failed to provide its engines and is "
-                          f"skipped: {type(error).__name__}: {error}")
-            continue
-        for engine_class in engine_classes:
-            if engine_class.__name__ not in ptypy.engines.ENGINES:
-                ptypy.engines.register()(engine_class)

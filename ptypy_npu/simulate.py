@@ -6,7 +6,7 @@ Used by the tests, the CLI's ``--simulate`` and the examples. Conventions match
 """
 import numpy as np
 
-from .solver import ScanData
+from .scan import ScanData, object_grid, patch_indices
 
 
 def siemens_star(shape, spokes=18, max_phase=1.0, min_transmission=0.6):
@@ -51,26 +51,37 @@ def far_field_intensity(probe, patches):
     return (np.abs(far_field) ** 2).sum(1)
 
 
-def simulate_scan(frame_size=64, count=64, step_fraction=0.15, photons=1e6, seed=0, noise=True):
-    """A scan of the Siemens-star object with a focused probe.
+#: Geometry of simulated scans (m): an 8 keV beam, a detector of 75 um pixels 2 m downstream.
+GEOMETRY = {'wavelength': 1.5498e-10, 'distance': 2.0, 'detector_pixel': 75e-6}
 
-    Returns ``(data, truth)``: a :class:`ScanData` whose initial object is 1 and whose
-    initial probe is the true probe (as an experiment's probe estimate would be), and the
-    true object (Ho, Wo) on the same pixel grid. ``photons`` is the mean count per frame.
+#: Test objects by name: ``make(shape, rng)`` -> complex (Ho, Wo).
+OBJECTS = {'star': lambda shape, rng: siemens_star(shape)}
+
+
+def simulate_scan(frame_size=64, count=64, step_fraction=0.15, photons=1e6, seed=0, noise=True, obj='star'):
+    """A scan of a test object (:data:`OBJECTS`) with a focused probe on a Fermat spiral.
+
+    Returns ``(data, truth)``: a :class:`ScanData` whose initial object is 1 and whose initial
+    probe is the true probe (as an experiment's probe estimate would be), with the geometry of
+    :data:`GEOMETRY`, and the true object (Ho, Wo) on the same pixel grid (that of
+    :func:`~ptypy_npu.scan.object_grid`, as the file readers build it). ``photons`` is the mean
+    count per frame.
     """
+    if obj not in OBJECTS:
+        raise ValueError(f"object must be one of {', '.join(OBJECTS)}, got {obj!r}")
     rng = np.random.default_rng(seed)
     probe = focused_probe(frame_size)
-    positions = np.round(spiral_positions(count, step_fraction * frame_size)).astype(int) + 4
-    object_shape = tuple(positions.max(0) + frame_size + 4)
-    truth = siemens_star(object_shape)
-    rows = positions[:, 0, None, None] + np.arange(frame_size)[None, :, None]
-    cols = positions[:, 1, None, None] + np.arange(frame_size)[None, None, :]
-    intensities = far_field_intensity(probe, truth[rows, cols])
+    positions, object_shape = object_grid(spiral_positions(count, step_fraction * frame_size), (frame_size,) * 2)
+    truth = OBJECTS[obj](object_shape, rng)
+    patches = truth.ravel()[patch_indices(positions, (frame_size, frame_size), object_shape)]
+    intensities = far_field_intensity(probe, patches)
     scale = photons / intensities.sum(axis=(1, 2)).mean()
     intensities *= scale
     probe = probe * np.sqrt(scale)
     if noise:
         intensities = rng.poisson(intensities).astype(np.float32)
+    geometry = dict(GEOMETRY, object_pixel=GEOMETRY['wavelength'] * GEOMETRY['distance']
+                    / (frame_size * GEOMETRY['detector_pixel']))
     data = ScanData(intensities=intensities.astype(np.float32), positions=positions, probe=probe,
-                    obj=np.ones(object_shape, complex))
+                    obj=np.ones(object_shape, complex), geometry=geometry)
     return data, truth

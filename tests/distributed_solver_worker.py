@@ -7,22 +7,23 @@ tests/test_distributed.py composes its batches from the same shards.
 
 Usage: ``distributed_solver_worker.py OUT EPOCHS SETTINGS_JSON CHANNEL``
 """
-import dataclasses
 import json
 import sys
 
 import numpy as np
 
+from helpers import make_solver
+
+from ptypy_npu.device import select_device
 from ptypy_npu.distributed import MindSporeCommunicator, communicator
 from ptypy_npu.simulate import simulate_scan
-from ptypy_npu.solver import JointSolver, SolverSettings, select_device
 
 SCAN = {'frame_size': 64, 'count': 30, 'photons': 1e6, 'seed': 3}
 
 
 def shard(data, rank, size):
     """Rank ``rank``'s frames of ``data``: every ``size``-th frame from ``rank`` on."""
-    return dataclasses.replace(data, intensities=data.intensities[rank::size], positions=data.positions[rank::size])
+    return data.frames(np.arange(len(data.positions))[rank::size])
 
 
 def channel_communicator(channel):
@@ -37,7 +38,7 @@ if __name__ == '__main__':
     select_device('CPU')
     comm = channel_communicator(channel)
     data, _ = simulate_scan(**SCAN)
-    solver = JointSolver(shard(data, comm.rank, comm.size), SolverSettings(**arguments), communicator=comm)
+    solver = make_solver(shard(data, comm.rank, comm.size), arguments, communicator=comm)
     errors = solver.run(epochs)
     network = {} if solver.network is None else {f'network.{name}': p.asnumpy()
                                                  for name, p in solver.network.parameters_and_names()}

@@ -3,7 +3,18 @@ import bz2
 
 import numpy as np
 
+from ptypy_npu import settings
 from ptypy_npu.metrics import registered_error
+from ptypy_npu.plugins import build_solver
+
+#: A small W1Network for quick tests, as settings overrides.
+SMALL_NETWORK = {'network.name': 'W1Network', 'network.depth': 2, 'network.width': 4, 'network.binning': 1}
+PHYSICS_ONLY = {'network.name': None}
+
+
+def make_solver(data, overrides=None, **options):
+    """``build_solver(data, settings.make(overrides), **options)``: overrides by tree key."""
+    return build_solver(data, settings.make(overrides), **options)
 
 
 def patch_errors(solver, truth, frames):
@@ -23,10 +34,9 @@ def patch_errors(solver, truth, frames):
 
 
 def parameter_tree(tmp_path, engines, frames=40, shape=64):
-    import ptypy_npu  # noqa: F401  (registers W1Net with PtyPy)
     from ptypy import utils as u
-    from ptypy_npu.compare import tree_from_dict
-    from ptypy_npu.moonflower import moonflower_scan, use_structured_object
+    from ptypy_npu.ptypy_plugin.moonflower import moonflower_scan, use_structured_object
+    from ptypy_npu.ptypy_plugin.runner import tree_from_dict
     tmp_path.mkdir(parents=True, exist_ok=True)
     use_structured_object(str(tmp_path / 'object.png'))
     p = u.Param()
@@ -50,7 +60,7 @@ def run(p, level=5, seed=0):
 
 def object_error(P):
     """Registered error of PtyPy's object against MoonFlowerScan's truth."""
-    from ptypy_npu.moonflower import true_object
+    from ptypy_npu.ptypy_plugin.moonflower import true_object
     truth, region = true_object(P)
     return registered_error(next(iter(P.obj.storages.values())).data[0], truth, region)
 

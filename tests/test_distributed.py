@@ -3,6 +3,7 @@ steps a single process takes when it composes its batches from the same shards; 
 (``mpiexec``) and over MindSpore's own collectives (``msrun``, the "mccl" backend on CPU)."""
 import dataclasses
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -14,13 +15,15 @@ import numpy as np
 import pytest
 from distributed_solver_worker import SCAN, shard
 
+from helpers import SMALL_NETWORK, make_solver
+
 from ptypy_npu.simulate import simulate_scan
-from ptypy_npu.solver import JointSolver, SolverSettings
 
 WORKER = Path(__file__).with_name('distributed_solver_worker.py')
 needs_mpi = pytest.mark.skipif(shutil.which('mpiexec') is None or find_spec('mpi4py') is None,
                                reason='mpiexec or mpi4py not found (pip install mpich mpi4py)')
-MSRUN = str(Path(sys.executable).with_name('msrun'))
+MSRUN = shutil.which('msrun', path=str(Path(sys.executable).parent)) or shutil.which('msrun')
+needs_msrun = pytest.mark.skipif(MSRUN is None, reason='msrun (MindSpore\'s launcher) not found beside python or on PATH')
 
 
 def free_port():
@@ -30,13 +33,16 @@ def free_port():
 
 
 def launch(tmp_path, script, arguments, channel, ranks=2):
-    """Run ``script`` on ``ranks`` processes started by mpiexec (channel 'mpi') or msrun ('mindspore')."""
+    """Run ``script`` on ``ranks`` processes started by mpiexec (channel 'mpi') or msrun ('mindspore'),
+    every worker with this test's Python (msrun starts ``python`` from PATH: this one's folder goes first)."""
     if channel == 'mpi':
         command = ['mpiexec', '-n', str(ranks), sys.executable]
     else:  # msrun writes each worker's output to its log folder
         command = [MSRUN, f'--worker_num={ranks}', f'--local_worker_num={ranks}', f'--master_port={free_port()}',
                    f'--log_dir={tmp_path / "msrun_logs"}', '--join=True', '--cluster_time_out=300']
-    finished = subprocess.run(command + [str(script)] + arguments, capture_output=True, text=True, timeout=600)
+    environment = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    finished = subprocess.run(command + [str(script)] + arguments, capture_output=True, text=True, timeout=600,
+                              env=environment)
     logs = ''.join(f.read_text()[-3000:] for f in sorted((tmp_path / 'msrun_logs').glob('worker_*.log')))
     assert finished.returncode == 0, (finished.stderr + logs)[-6000:]
 
@@ -56,11 +62,11 @@ def interleaved(data, ranks=2):
 
 @needs_mpi
 def test_two_ranks_take_the_steps_of_one_process_over_the_same_shards(tmp_path):
-    settings = {'network': None, 'batch_size': 4, 'probe_update_start': 1}
+    settings = {'network.name': None, 'batch_size': 4, 'probe_update.start': 1}
     ranks = run_ranks(tmp_path, 4, settings)
     data, _ = simulate_scan(**SCAN)
     ordered, sizes = interleaved(data)
-    single = JointSolver(ordered, SolverSettings(**settings), shard_sizes=sizes)
+    single = make_solver(ordered, settings, shard_sizes=sizes)
     errors = single.run(4)
     for name in ('object', 'probe', 'losses'):
         np.testing.assert_array_equal(ranks[1][name], ranks[0][name])  # every rank holds the same state
@@ -75,8 +81,7 @@ def test_two_ranks_take_the_steps_of_one_process_over_the_same_shards(tmp_path):
 
 @needs_mpi
 def test_ranks_training_the_network_keep_identical_weights_and_statistics(tmp_path):
-    settings = {'network': {'name': 'W1Net', 'depth': 2, 'width': 4, 'binning': 1}, 'network_start': 1,
-                'batch_size': 4}
+    settings = {**SMALL_NETWORK, 'network.start': 1, 'batch_size': 4}
     ranks = run_ranks(tmp_path, 3, settings)
     names = [name for name in ranks[0] if name.startswith('network.')]
     assert any('moving_mean' in name for name in names)  # BatchNorm's running statistics are among them
@@ -85,11 +90,11 @@ def test_ranks_training_the_network_keep_identical_weights_and_statistics(tmp_pa
     assert np.all(ranks[0]['errors'][:, 2] > 0)  # the network took part
 
 
+@needs_msrun
 def test_msrun_ranks_sum_in_graph_stay_identical_and_step_as_one_process(tmp_path):
     """MindSpore's data parallel: two processes from ``msrun`` sum gradients inside the compiled step
     (mccl on CPU). Two physics-only epochs, then two with the network."""
-    settings = {'network': {'name': 'W1Net', 'depth': 2, 'width': 4, 'binning': 1}, 'network_start': 2,
-                'batch_size': 4, 'probe_update_start': 1}
+    settings = {**SMALL_NETWORK, 'network.start': 2, 'batch_size': 4, 'probe_update.start': 1}
     ranks = run_ranks(tmp_path, 4, settings, channel='mindspore')
     names = [name for name in ranks[0] if name.startswith('network.')]
     assert any('moving_mean' in name for name in names)
@@ -98,23 +103,23 @@ def test_msrun_ranks_sum_in_graph_stay_identical_and_step_as_one_process(tmp_pat
     assert np.all(ranks[0]['errors'][:, 2] > 0)  # the network took part
     data, _ = simulate_scan(**SCAN)
     ordered, sizes = interleaved(data)
-    single = JointSolver(ordered, SolverSettings(**settings), shard_sizes=sizes)
+    single = make_solver(ordered, settings, shard_sizes=sizes)
     single.run(2)
     # the physics-only epochs are the global batches' steps; later BatchNorm sees each rank's half batch
     np.testing.assert_allclose(ranks[0]['losses'][:2], [h['loss'] for h in single.history], rtol=1e-5)
 
 
 @needs_mpi
+@needs_msrun
 @pytest.mark.parametrize('channel', ['mpi', 'mindspore'])
 def test_ranks_stitching_their_frames_with_a_model_get_the_object_of_all_frames(tmp_path, channel):
     """Inference ('infer' mode) on two processes: each stitches its own frames' patches and the
     weighted sums are added over the ranks (in float32)."""
     from ptypy_npu.models import load_model, save_model
     data, _ = simulate_scan(**SCAN)
-    solver = JointSolver(data, SolverSettings(network={'name': 'W1Net', 'depth': 2, 'width': 4, 'binning': 1},
-                                              network_start=0))
+    solver = make_solver(data, {**SMALL_NETWORK, 'network.start': 0})
     solver.run(2)
-    save_model(str(tmp_path / 'model'), solver)
+    save_model(str(tmp_path / 'model'), solver.export_network())
     launch(tmp_path, WORKER.with_name('distributed_infer_worker.py'),
            [str(tmp_path), str(tmp_path / 'model'), channel], channel)
     ranks = [np.load(tmp_path / f'rank{r}.npz')['object'] for r in range(2)]
@@ -132,19 +137,20 @@ def test_mindspore_collectives_outside_msrun_are_refused_with_the_launch_command
 
 def test_batches_compose_from_every_shard_and_refuse_an_uneven_split():
     data, _ = simulate_scan(frame_size=32, count=10, seed=1)
-    solver = JointSolver(data, SolverSettings(network=None, batch_size=4), shard_sizes=[6, 4])
-    batches = solver._epoch_batches()
+    solver = make_solver(data, {'network.name': None, 'batch_size': 4}, shard_sizes=[6, 4])
+    batches = solver.epoch_batches()
     assert batches.shape == (3, 4)  # ceil(6 / 2) steps of 2 + 2 frames
     assert np.all(batches[:, :2] < 6) and np.all(batches[:, 2:] >= 6)
     assert set(batches[:, :2].ravel()) == set(range(6)) and set(batches[:, 2:].ravel()) == set(range(6, 10))
-    with pytest.raises(ValueError, match='batch_size 5 must be a multiple of the 2 ranks'):
-        JointSolver(data, SolverSettings(network=None, batch_size=5), shard_sizes=[6, 4])
+    with pytest.raises(ValueError, match='batch_size 5 must be a multiple of the 2 processes'):
+        make_solver(data, {'network.name': None, 'batch_size': 5}, shard_sizes=[6, 4])
     with pytest.raises(ValueError, match='shard_sizes must be frame counts >= 1 adding up to the 10 frames'):
-        JointSolver(data, SolverSettings(network=None), shard_sizes=[6, 5])
+        make_solver(data, {'network.name': None}, shard_sizes=[6, 5])
 
 
 @pytest.mark.ptypy
 @needs_mpi
+@needs_msrun
 @pytest.mark.parametrize('channel', ['mpi', 'mindspore'])
 def test_w1net_on_two_processes_in_ptypy_matches_one_process(tmp_path, channel):
     """Two processes share the frames (PtyPy's MPI ranks, or the engine's split under msrun);

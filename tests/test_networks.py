@@ -1,15 +1,15 @@
-"""W1Net shapes, geometry checks and second-order gradients (graph mode)."""
+"""W1Network shapes, geometry checks and second-order gradients (graph mode)."""
 import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
-from ptypy_npu.networks import W1Net
+from ptypy_npu.networks import W1Network
 from ptypy_npu.optim import HessianVectorProduct
 
 
 @pytest.mark.parametrize('frame_size,binning', [(64, 1), (128, 2), (256, 4)])
 def test_w1net_returns_full_size_patches(frame_size, binning):
-    net = W1Net(frame_size, depth=3, width=4, binning=binning)
+    net = W1Network(frame_size, depth=3, width=4, binning=binning)
     log_amplitude, phase = net(Tensor(np.random.rand(2, 1, frame_size, frame_size).astype(np.float32)))
     assert log_amplitude.shape == (2, frame_size, frame_size)
     assert phase.shape == (2, frame_size, frame_size)
@@ -18,7 +18,7 @@ def test_w1net_returns_full_size_patches(frame_size, binning):
 
 def test_untrained_w1net_predicts_free_space():
     """Zero-initialised heads: transmission 1, phase 0 before any training."""
-    log_amplitude, phase = W1Net(64, width=4)(Tensor(np.random.rand(1, 1, 64, 64).astype(np.float32)))
+    log_amplitude, phase = W1Network(64, width=4)(Tensor(np.random.rand(1, 1, 64, 64).astype(np.float32)))
     assert np.abs(log_amplitude.asnumpy()).max() < 1e-6 and np.abs(phase.asnumpy()).max() < 1e-6
 
 
@@ -28,12 +28,12 @@ def test_untrained_w1net_predicts_free_space():
                                               ({'frame_size': 64, 'width': 0}, 'network.width')])
 def test_w1net_names_the_setting_it_cannot_take(kwargs, parameter):
     with pytest.raises(ValueError, match=parameter):
-        W1Net(**kwargs)
+        W1Network(**kwargs)
 
 
 def test_w1net_uses_only_layers_with_second_order_gradients():
     banned = (nn.MaxPool2d, nn.AvgPool2d, nn.Upsample, nn.GroupNorm)
-    assert not [c for _, c in W1Net(64).cells_and_names() if isinstance(c, banned)]
+    assert not [c for _, c in W1Network(64).cells_and_names() if isinstance(c, banned)]
 
 
 class _PatchLoss(nn.Cell):
@@ -47,9 +47,9 @@ class _PatchLoss(nn.Cell):
 
 
 def test_hessian_vector_product_is_symmetric_in_graph_mode():
-    """u . Hv = v . Hu for a W1Net loss (double backpropagation through every layer type)."""
+    """u . Hv = v . Hu for a W1Network loss (double backpropagation through every layer type)."""
     rng = np.random.default_rng(0)
-    net = W1Net(32, depth=2, width=2)
+    net = W1Network(32, depth=2, width=2)
     net.set_train(False)  # fixed BatchNorm statistics: the loss is a function of the weights alone
     for p in net.trainable_params():  # non-zero heads so every layer has curvature
         p.set_data(Tensor(rng.normal(scale=0.3, size=p.shape).astype(np.float32)))

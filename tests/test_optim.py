@@ -4,10 +4,11 @@ import mindspore as ms
 import pytest
 from mindspore import Parameter, Tensor, nn, ops
 
+from helpers import SMALL_NETWORK, make_solver
+
 from ptypy_npu import plugins
 from ptypy_npu.optim import AdaHessian, AdamW, HessianVectorProduct, Lion
 from ptypy_npu.simulate import simulate_scan
-from ptypy_npu.solver import GroupSettings, JointSolver, SolverSettings
 
 RNG = np.random.default_rng(5)
 SHAPES = [(3, 2, 3, 3), (4, 5)]  # a convolution kernel and a matrix
@@ -205,11 +206,10 @@ def test_lion_and_adahessian_beat_sgd_on_an_ill_conditioned_quadratic():
 def test_each_optimizer_trains_the_network_on_a_physics_loss(name):
     rates = {'adam': 2e-3, 'adamw': 2e-3, 'lion': 2e-4, 'adahessian': 0.5, 'sgd': 1e-8}
     data, _ = simulate_scan(frame_size=32, count=16, photons=1e5)
-    settings = SolverSettings(network={'name': 'W1Net', 'depth': 2, 'width': 4, 'binning': 1},
-                              network_group=GroupSettings(name, rates[name]),
-                              object_group=GroupSettings('sgd', 0.0), probe_group=GroupSettings('sgd', 0.0),
-                              consistency=0.0, network_consistency=0.0, batch_size=8, network_start=0)
-    solver = JointSolver(data, settings)  # object and probe frozen: only the network learns
+    solver = make_solver(data, {**SMALL_NETWORK, 'network_update.optimizer': name,
+                                'network_update.learning_rate': rates[name], 'object_update.learning_rate': 0.0,
+                                'probe_update.learning_rate': 0.0, 'consistency': 0.0, 'network_consistency': 0.0,
+                                'batch_size': 8, 'network.start': 0})  # object and probe frozen: only the network learns
     solver.run(8)
     losses = [h['loss'] for h in solver.history]
     assert losses[-1] < 0.9 * losses[0]
@@ -218,8 +218,8 @@ def test_each_optimizer_trains_the_network_on_a_physics_loss(name):
 def test_adahessian_refines_the_object_without_illumination_normalisation():
     """Slowly: the far-field Hessian is dense within a patch, so |v * Hv| overestimates its diagonal."""
     data, _ = simulate_scan(frame_size=32, count=16, photons=1e5)
-    settings = SolverSettings(network=None, object_group=GroupSettings('adahessian', 1.0), probe_update_start=None)
-    solver = JointSolver(data, settings)
+    solver = make_solver(data, {'network.name': None, 'object_update.optimizer': 'adahessian',
+                                'object_update.learning_rate': 1.0, 'probe_update.start': None})
     first = solver.run(1)[:, 0].mean()
     assert solver.run(7)[:, 0].mean() < 0.95 * first
 
@@ -230,7 +230,7 @@ def test_adahessian_refines_the_object_without_illumination_normalisation():
     (lambda p: AdaHessian(p, hessian_power=1.5), r'hessian_power must be in \(0, 1\]'),
     (lambda p: AdaHessian(p, hessian_power=0.0), r'hessian_power must be in \(0, 1\]'),
     (lambda p: AdamW(p, betas=(-0.1, 0.9)), r'betas must be two numbers in \[0, 1\)'),
-    (lambda p: plugins.optimizer_factory('nosuch')(p, 1.0), "optimizer: unknown optimizer 'nosuch'"),
+    (lambda p: plugins.optimizer_factory('nosuch')(p, 1.0), "optimizer names an unknown optimizer 'nosuch'"),
 ])
 def test_bad_optimizer_settings_name_the_parameter(build, message):
     with pytest.raises(ValueError, match=message):
@@ -239,15 +239,15 @@ def test_bad_optimizer_settings_name_the_parameter(build, message):
 
 def test_solver_state_with_optimizer_moments_restores_exactly(tmp_path):
     data, _ = simulate_scan(frame_size=32, count=16, photons=1e5)
-    settings = SolverSettings(network={'name': 'W1Net', 'depth': 2, 'width': 4, 'binning': 1},
-                              network_group=GroupSettings('lion', 2e-4), object_group=GroupSettings('adahessian', 0.05),
-                              network_start=1)  # the resume crosses from the physics-only graph to the joint one
-    uninterrupted = JointSolver(data, settings)
+    overrides = {**SMALL_NETWORK, 'network_update.optimizer': 'lion', 'object_update.optimizer': 'adahessian',
+                 'object_update.learning_rate': 0.05,
+                 'network.start': 1}  # the resume crosses from the physics-only graph to the joint one
+    uninterrupted = make_solver(data, overrides)
     uninterrupted.run(3)
-    first = JointSolver(data, settings)
+    first = make_solver(data, overrides)
     first.run(2)
     first.save_checkpoint(str(tmp_path / 'state.ckpt'))
-    resumed = JointSolver(data, settings)
+    resumed = make_solver(data, overrides)
     resumed.load_checkpoint(str(tmp_path / 'state.ckpt'))
     assert resumed.epoch == 2
     resumed.run(1)

@@ -9,13 +9,23 @@ from helpers import object_error, parameter_tree, run
 pytestmark = pytest.mark.ptypy
 
 
-def test_w1net_is_registered_with_its_defaults():
+def test_w1net_is_registered_with_every_setting_as_the_settings_module_declares_it():
+    """The engine's Defaults block is generated from ptypy_npu.settings: PtyPy's parsed tree holds every
+    setting with its default, type, limits and choices."""
     import ptypy
-    import ptypy_npu  # noqa: F401
+    import ptypy_npu.ptypy_plugin  # noqa: F401
+    from ptypy_npu import settings
     assert 'W1Net' in ptypy.engines.ENGINES
-    defaults = ptypy.defaults_tree['engine.W1Net']
-    assert defaults['batch_size'].default == 4
-    assert defaults['network.name'].default == 'W1Net'
+    tree = ptypy.defaults_tree['engine.W1Net']
+    for key, default, meta in settings.walk(settings.EngineSettings()):
+        parsed = tree[key]
+        assert parsed.default == default, key
+        assert [t.strip() for t in meta['type'].split(',')] == [t.strip() for t in parsed.options['type'].split(',')]
+        for limit in ('lowlim', 'uplim'):  # those we declare (PtyPy's own keys keep PtyPy's other limits)
+            if meta[limit] is not None:
+                assert float(parsed.options[limit]) == float(meta[limit]), key
+        assert list(meta['choices'] or []) == list(parsed.choices or []), key
+    assert tree['network.name'].default == 'W1Network'
 
 
 @pytest.mark.parametrize('extra,reason', [({'no_such_parameter': 1}, 'engines.e00 - no_such_parameter'),
@@ -91,22 +101,23 @@ def test_an_optimizer_chosen_in_the_tree_without_a_rate_gets_its_own_default(tmp
     engine = next(iter(P.engines.values()))
     engine.initialize()
     engine.prepare()
-    step = engine.solver.step
-    assert float(step.object_optimizer.learning_rate.asnumpy()) == pytest.approx(0.01)
-    assert (step.object_optimizer.lazy, step.object_optimizer.beta1) == (True, 0.5)  # the solver's defaults
-    assert float(step.probe_optimizer.learning_rate.asnumpy()) == pytest.approx(1.0)  # sgd's
+    objects, probes, _ = engine.solver.optimizers
+    assert float(objects.learning_rate.asnumpy()) == pytest.approx(0.01)
+    assert (objects.lazy, objects.beta1) == (True, 0.5)  # the settings' defaults
+    assert float(probes.learning_rate.asnumpy()) == pytest.approx(1.0)  # sgd's
     engine.iterate()
     engine.finalize()
     assert np.isfinite(next(iter(P.obj.storages.values())).data).all()
 
 
-@pytest.mark.parametrize('extra,message', [({'network': {'name': 'NoSuchNet'}}, "network.name: unknown network"),
-                                           ({'loss': 'l1'}, 'loss must be one of'),
-                                           ({'device': 'TPU'}, 'device must be one of'),
-                                           ({'object_update': {'optimizer': 'nosuch'}}, 'object_group.optimizer'),
-                                           ({'precision': 'bfloat16'}, "precision 'bfloat16' needs device"),
-                                           ({'distributed': 'mindspore'},
-                                            "distributed = 'mindspore': .* launch the processes with `msrun")])
+@pytest.mark.parametrize('extra,message', [
+    ({'network': {'name': 'NoSuchNet'}}, r"p.engines.e00.network.name names an unknown network 'NoSuchNet'"),
+    ({'loss': 'l1'}, r'p.engines.e00.loss must be one of gaussian, poisson'),
+    ({'device': 'TPU'}, r'p.engines.e00.device must be one of'),
+    ({'object_update': {'optimizer': 'nosuch'}}, r'p.engines.e00.object_update.optimizer names an unknown optimizer'),
+    ({'network_update': {'optimizer': 'sgd'}}, r'p.engines.e00.network_update.learning_rate must be given'),
+    ({'precision': 'bfloat16'}, r"p.engines.e00.precision 'bfloat16' needs device"),
+    ({'distributed': 'mindspore'}, r"p.engines.e00.distributed 'mindspore': .* launch the processes with `msrun")])
 def test_bad_engine_settings_fail_before_any_container_changes(tmp_path, extra, message):
     P = run(parameter_tree(tmp_path, [{'name': 'W1Net', 'numiter': 2, **extra}]), level=3)
     before = next(iter(P.obj.storages.values())).data.copy()
@@ -125,14 +136,12 @@ def test_engine_trains_the_ptychonn_plugin_selected_in_the_tree(tmp_path):
 
 
 def test_handed_over_amplitude_outliers_are_clipped_keeping_their_phase():
-    from types import SimpleNamespace
-
-    from ptypy_npu.distributed import SingleProcess
-    from ptypy_npu.engine import HANDOVER_AMPLITUDE_LIMIT, W1Net
+    from ptypy_npu.ptypy_plugin.engine import HANDOVER_AMPLITUDE_LIMIT, clip_outliers
     obj = np.full((20, 20), 0.8 * np.exp(0.3j))
     obj[2, 3] = 100 * np.exp(1.1j)
-    views = [SimpleNamespace(dlow=(0, 0), dhigh=(10, 10)), SimpleNamespace(dlow=(5, 5), dhigh=(15, 15))]
-    clipped = W1Net._clip_outliers(SimpleNamespace(communicator=SingleProcess()), obj, views)
+    region = np.zeros(obj.shape, bool)
+    region[:15, :15] = True
+    clipped = clip_outliers(obj, region)
     assert clipped[2, 3] == pytest.approx(HANDOVER_AMPLITUDE_LIMIT * 0.8 * np.exp(1.1j))
     mask = np.ones(obj.shape, bool)
     mask[2, 3] = False

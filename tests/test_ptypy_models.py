@@ -29,8 +29,8 @@ def trained_model(tmp_path_factory):
 
 
 def test_infer_mode_puts_the_stitched_patches_into_ptypys_object(trained_model, tmp_path):
-    from ptypy_npu.engine import W1Net
     from ptypy_npu.models import load_model
+    from ptypy_npu.ptypy_plugin.engine import W1Net
     # precision is a training setting: inference runs the saved float32 weights in float32
     p = parameter_tree(tmp_path, [{'name': 'W1Net', 'numiter': 1, 'mode': 'infer', 'precision': 'float16',
                                    'model': {'load': trained_model}}])
@@ -52,9 +52,10 @@ def test_finetune_trains_the_loaded_network_from_the_first_epoch(trained_model, 
 
 
 @pytest.mark.parametrize('engine,error,message', [
-    ({'mode': 'infer'}, ValueError, "mode 'infer' needs a trained model: set model.load"),
-    ({'model': {'load': '/no/such/model'}}, ValueError, 'model.load: .*weights.safetensors is missing'),
-    ({'checkpoint': {'path': 'state.txt'}}, ValueError, 'checkpoint.path must end in .ckpt'),
+    ({'mode': 'infer'}, ValueError, r"p.engines.e00.model.load must name a trained model directory for mode 'infer'"),
+    ({'model': {'load': '/no/such/model'}}, ValueError, 'p.engines.e00.model.load cannot be used: model directory '
+                                                        '/no/such/model does not exist'),
+    ({'checkpoint': {'path': 'state.txt'}}, ValueError, 'p.engines.e00.checkpoint.path must end in .ckpt'),
 ])
 def test_bad_model_and_checkpoint_settings_are_refused(tmp_path, engine, error, message):
     P = run(parameter_tree(tmp_path, [{'name': 'W1Net', 'numiter': 1, **engine}]), level=3)
@@ -67,8 +68,8 @@ def test_bad_model_and_checkpoint_settings_are_refused(tmp_path, engine, error, 
 def test_existing_models_and_checkpoints_are_never_replaced(trained_model, tmp_path):
     checkpoint = tmp_path / 'state.ckpt'
     checkpoint.write_bytes(b'a user file')
-    for engine, message in [({'model': {'save': trained_model}}, 'model.save: .* exists'),
-                            ({'checkpoint': {'path': str(checkpoint)}}, 'checkpoint.path: .* exists')]:
+    for engine, message in [({'model': {'save': trained_model}}, 'p.engines.e00.model.save .* exists'),
+                            ({'checkpoint': {'path': str(checkpoint)}}, 'p.engines.e00.checkpoint.path .* exists')]:
         P = run(parameter_tree(tmp_path, [{'name': 'W1Net', 'numiter': 1, **engine}]), level=3)
         with pytest.raises(FileExistsError, match=message):
             P.run()

@@ -3,15 +3,14 @@ import dataclasses
 
 import numpy as np
 import pytest
-from helpers import patch_errors
+from helpers import PHYSICS_ONLY, SMALL_NETWORK, make_solver, patch_errors
 import mindspore as ms
 from mindspore import Tensor, ops
 
+from ptypy_npu import settings
 from ptypy_npu.metrics import illuminated_region, registered_error
+from ptypy_npu.plugins import build_solver
 from ptypy_npu.simulate import simulate_scan
-from ptypy_npu.solver import GroupSettings, JointSolver, SolverSettings
-
-SMALL_NETWORK = {'name': 'W1Net', 'depth': 2, 'width': 4, 'binning': 1}
 
 
 @pytest.fixture(scope='module')
@@ -26,7 +25,7 @@ def ground_truth_error(solver, scan):
 
 def test_physics_only_solver_reconstructs_a_simulated_scan(scan):
     data, truth = scan
-    solver = JointSolver(data, SolverSettings(network=None))
+    solver = make_solver(data, PHYSICS_ONLY)
     initial = ground_truth_error(solver, scan)
     first = solver.run(5)
     last = solver.run(25)
@@ -43,7 +42,7 @@ def test_joint_solver_with_network_reconstructs(scan):
     better than flat ones after 20 epochs of one 64-frame scan (measured 0.37 vs 0.36), so that
     is reported by the benchmarks, not asserted here."""
     data, truth = scan
-    solver = JointSolver(data, SolverSettings(network=SMALL_NETWORK, network_start=5))
+    solver = make_solver(data, {**SMALL_NETWORK, 'network.start': 5})
     errors = solver.run(20)
     assert ground_truth_error(solver, scan) < 0.15
     assert np.all(errors[:, 2] > 0)
@@ -54,9 +53,9 @@ def test_joint_solver_with_network_reconstructs(scan):
 def test_network_joins_after_the_physics_only_epochs(scan):
     """Until network_start the object follows the physics-only solver exactly, the network untouched."""
     data, _ = scan
-    physics_only = JointSolver(data, SolverSettings(network=None))
+    physics_only = make_solver(data, PHYSICS_ONLY)
     physics_only.run(3)
-    joint = JointSolver(data, SolverSettings(network=SMALL_NETWORK, network_start=3))
+    joint = make_solver(data, {**SMALL_NETWORK, 'network.start': 3})
     initial = [p.asnumpy().copy() for p in joint.network.trainable_params()]
     assert np.all(joint.run(3)[:, 2] == 0)
     np.testing.assert_allclose(joint.object, physics_only.object, rtol=1e-5, atol=1e-5)  # CPU threads: last bits
@@ -69,7 +68,7 @@ def test_solver_is_deterministic_for_a_seed(scan):
     data, _ = scan
     objects = []
     for _ in range(2):
-        solver = JointSolver(data, SolverSettings(network=SMALL_NETWORK, seed=7))
+        solver = make_solver(data, {**SMALL_NETWORK, 'seed': 7})
         solver.run(2)
         objects.append(solver.object)
     np.testing.assert_array_equal(objects[0], objects[1])
@@ -103,75 +102,77 @@ def darken_frame_five(data):
 ])
 def test_bad_scan_data_is_refused_naming_the_array(scan, change, message):
     with pytest.raises(ValueError, match=message):
-        JointSolver(change(scan[0]), SolverSettings(network=None))
+        make_solver(change(scan[0]), PHYSICS_ONLY)
 
 
-@pytest.mark.parametrize('settings,message', [
-    (SolverSettings(network={'name': 'NoSuchNet'}), "network.name: unknown network 'NoSuchNet'; available: .*W1Net"),
-    (SolverSettings(object_group=GroupSettings('nosuch', 1.0)), "object_group.optimizer: unknown optimizer"),
-    (SolverSettings(probe_group=GroupSettings('sgd', -1.0)), "probe_group.learning_rate must be a finite number >= 0"),
-    (SolverSettings(device='TPU'), "device must be one of CPU, GPU, Ascend"),
-    (SolverSettings(batch_size=1000), "batch_size 1000 exceeds the 64 frames"),
-    (SolverSettings(loss='l1'), "loss must be one of gaussian, poisson"),
-    (SolverSettings(network={'name': 'W1Net', 'depth': 7}), r"network.depth=7 .* multiple of binning \* 2\*\*depth"),
-    (SolverSettings(precision='float64'), "precision must be one of float32, float16, bfloat16"),
-    (SolverSettings(precision='bfloat16'), "precision 'bfloat16' needs device 'Ascend' or 'GPU'"),
-    (SolverSettings(network=None, precision='float16'), "precision 'float16' sets the network's arithmetic"),
-    (SolverSettings(precision='float16', network_group=GroupSettings('adahessian', 0.01)),
-     "precision 'float16' with network_group.optimizer 'adahessian'"),
-    (SolverSettings(network_group=GroupSettings('sgd')),
-     "network_group.learning_rate: optimizer 'sgd' has no default rate for this group"),
+@pytest.mark.parametrize('overrides,message', [
+    ({'network.name': 'NoSuchNet'}, "network.name names an unknown network 'NoSuchNet'; available: .*W1Network"),
+    ({'object_update.optimizer': 'nosuch', 'object_update.learning_rate': 1.0},
+     "object_update.optimizer names an unknown optimizer"),
+    ({'probe_update.learning_rate': -1.0}, "probe_update.learning_rate must be a finite number >= 0 or None"),
+    ({'device': 'TPU'}, "device must be one of CPU, GPU, Ascend"),
+    ({'batch_size': 1000}, "batch_size 1000 exceeds the 64 frames"),
+    ({'loss': 'l1'}, "loss must be one of gaussian, poisson"),
+    ({'network.depth': 7}, r"network.depth=7 .* multiple of binning \* 2\*\*depth"),
+    ({'precision': 'float64'}, "precision must be one of float32, float16, bfloat16"),
+    ({'precision': 'bfloat16'}, "precision 'bfloat16' needs device 'Ascend' or 'GPU'"),
+    ({'network.name': None, 'precision': 'float16'}, "precision 'float16' sets the network's arithmetic"),
+    ({'precision': 'float16', 'network_update.optimizer': 'adahessian'},
+     "precision 'float16' with network_update.optimizer 'adahessian'"),
+    ({'network_update.optimizer': 'sgd'},
+     "network_update.learning_rate must be given: optimizer 'sgd' has no default rate for this group"),
+    ({'network.binning': 3}, "network.binning must be 1, 2 or 4, got 3"),
+    ({'numiter': 0}, "numiter must be an integer >= 1, got 0"),
 ])
-def test_bad_settings_are_refused_naming_the_setting(scan, settings, message):
+def test_bad_settings_are_refused_naming_the_setting(scan, overrides, message):
     with pytest.raises(ValueError, match=message):
-        JointSolver(scan[0], settings)
+        make_solver(scan[0], overrides)
 
 
 def test_a_group_without_a_rate_takes_its_optimizers_documented_default(scan):
-    settings = SolverSettings(network_group=GroupSettings('lion'), object_group=GroupSettings('lion'),
-                              probe_group=GroupSettings('adam'))
-    step = JointSolver(scan[0], settings).step
-    rates = [float(o.learning_rate.asnumpy()) for o in (step.network_optimizer, step.object_optimizer,
-                                                        step.probe_optimizer)]
+    solver = make_solver(scan[0], {'network_update.optimizer': 'lion', 'object_update.optimizer': 'lion',
+                                   'probe_update.optimizer': 'adam'})
+    objects, probes, networks = solver.optimizers
+    rates = [float(o.learning_rate.asnumpy()) for o in (networks, objects, probes)]
     assert rates == pytest.approx([2e-4, 0.01, 3.0])  # README's table of measured defaults
     # Lion on the object runs lazy with betas (0.5, 0.9) (README); on the network, the paper's Lion
-    assert (step.object_optimizer.lazy, step.object_optimizer.beta1, step.object_optimizer.beta2) == (True, 0.5, 0.9)
-    assert (step.network_optimizer.lazy, step.network_optimizer.beta1) == (False, 0.9)
+    assert (objects.lazy, objects.beta1, objects.beta2) == (True, 0.5, 0.9)
+    assert (networks.lazy, networks.beta1) == (False, 0.9)
 
 
 def test_a_groups_own_options_override_the_defaults_it_does_not_name(scan):
-    settings = SolverSettings(network=None, object_group=GroupSettings('lion', options={'betas': (0.8, 0.95)}))
-    optimizer = JointSolver(scan[0], settings).step.object_optimizer
+    chosen = settings.make({'network.name': None, 'object_update.optimizer': 'lion'})
+    chosen.object_update.options = {'betas': (0.8, 0.95)}
+    optimizer = build_solver(scan[0], chosen).optimizers[0]
     assert (optimizer.lazy, optimizer.beta1, optimizer.beta2) == (True, 0.8, 0.95)
 
 
 def test_a_diverging_epoch_is_rolled_back_with_halved_rates(scan):
     data, _ = scan
-    solver = JointSolver(data, SolverSettings(network=None))
+    solver = make_solver(data, PHYSICS_ONLY)
     solver.run(1)
-    real_step, calls = solver.physics_step, []
+    phase, calls = solver.phases[0], []
 
     def step_that_blows_up_once(*inputs):
-        out = real_step(*inputs)
+        out = phase.step(*inputs)
         calls.append(1)
         if len(calls) == 2:  # the object turns to NaN mid-epoch
             ops.assign(solver.objective.object_re, solver.objective.object_re * np.float32('nan'))
             return (Tensor(np.float32('nan')),) + tuple(out[1:])
         return out
 
-    solver.physics_step = type('Poisoned', (), {'__call__': staticmethod(step_that_blows_up_once),
-                                                '__getattr__': lambda self, name: getattr(real_step, name)})()
+    solver.phases[0] = phase._replace(step=step_that_blows_up_once)
     with pytest.warns(RuntimeWarning, match='rolled back to the epoch.s start and halved every learning rate'):
         solver.run(1)
     assert solver.epoch == 2 and np.isfinite(solver.object).all()
-    assert float(solver.step.object_optimizer.learning_rate.asnumpy()) == pytest.approx(1.5 / 2)
-    assert float(solver.step.probe_optimizer.learning_rate.asnumpy()) == pytest.approx(1.0 / 2)
+    objects, probes = solver.optimizers
+    assert float(objects.learning_rate.asnumpy()) == pytest.approx(1.5 / 2)
+    assert float(probes.learning_rate.asnumpy()) == pytest.approx(1.0 / 2)
 
 
 def test_repeated_divergence_stops_with_the_last_good_state(scan):
     data, _ = scan
-    solver = JointSolver(data, SolverSettings(network=None, object_group=GroupSettings('sgd', 1e30),
-                                              max_divergences=2))
+    solver = make_solver(data, {**PHYSICS_ONLY, 'object_update.learning_rate': 1e30, 'max_divergences': 2})
     with pytest.warns(RuntimeWarning), pytest.raises(FloatingPointError, match='diverged in epoch 0 3 times'):
         solver.run(1)
     np.testing.assert_array_equal(solver.object, data.obj)
@@ -184,7 +185,7 @@ def test_float16_network_trains_as_float32_does(scan):
     data, _ = scan
     runs = {}
     for precision in ('float32', 'float16'):
-        solver = JointSolver(data, SolverSettings(network=SMALL_NETWORK, network_start=1, precision=precision))
+        solver = make_solver(data, {**SMALL_NETWORK, 'network.start': 1, 'precision': precision})
         solver.run(3)
         runs[precision] = solver
     half = runs['float16']
@@ -197,12 +198,12 @@ def test_float16_network_trains_as_float32_does(scan):
 
 def test_float16_steps_that_overflow_are_skipped_and_halve_the_loss_scale(scan):
     data, _ = scan
-    solver = JointSolver(data, SolverSettings(network=SMALL_NETWORK, network_start=0, precision='float16'))
+    solver = make_solver(data, {**SMALL_NETWORK, 'network.start': 0, 'precision': 'float16'})
     ops.assign(solver.loss_scaler.scale_value, Tensor(2.0 ** 120, ms.float32))  # float16 overflows at 2**16
-    before = solver._state()
+    before = solver.state()
     solver.run(1)  # 16 steps of 4 frames, every one overflowing
     assert float(solver.loss_scaler.scale_value.asnumpy()) == 2.0 ** (120 - 16)
-    after = solver._state()
+    after = solver.state()
     for name, value in before.items():  # nothing moved, no NaN (BatchNorm's statistics follow the forward pass)
         if 'loss_scale' not in name and 'moving_' not in name:
             np.testing.assert_array_equal(after[name], value, err_msg=name)

@@ -5,9 +5,16 @@ simulates random phase noise. :func:`use_structured_object` points PtyPy at a re
 photograph shipped with matplotlib instead, and :func:`true_object` reads the object the
 scan simulated back onto the reconstruction's pixel grid for ground-truth scoring.
 """
-import numpy as np
+import os
+import tempfile
 
-from .metrics import illuminated_region
+import numpy as np
+import ptypy.resources
+from PIL import Image
+from ptypy import utils as u
+
+from ..files import atomic_output
+from ..metrics import illuminated_region
 
 #: matplotlib sample photograph the object is made from.
 SAMPLE_IMAGE = 'grace_hopper.jpg'
@@ -36,18 +43,12 @@ def use_structured_object(path=None):
     ``ptypy.resources.flowerfile`` at it and checks that PtyPy reads back this object.
     Returns the path.
     """
-    import os
-    import tempfile
-
-    import ptypy.resources
-    from PIL import Image
-    from ptypy import utils as u
     obj = structured_object()
     path = path or os.path.join(tempfile.gettempdir(), 'ptypy_npu_moonflower_object.png')
     # each process (MPI rank) writes its own file and renames it: a reader never sees a half-written PNG
-    partial = f"{path}.{os.getpid()}.png"
-    Image.fromarray(np.round(u.complex2rgb(obj)).astype(np.uint8), 'RGB').save(partial)  # no alpha: PtyPy reads max(R, G, B, A)
-    os.replace(partial, path)
+    with atomic_output(path, force=True, what='MoonFlowerScan object') as partial:
+        # no alpha: PtyPy reads max(R, G, B, A)
+        Image.fromarray(np.round(u.complex2rgb(obj)).astype(np.uint8), 'RGB').save(partial)
     ptypy.resources.flowerfile = path
     loaded = ptypy.resources.flower_obj(obj.shape)
     if np.abs(loaded - obj).max() > 0.05:
@@ -57,7 +58,6 @@ def use_structured_object(path=None):
 
 def moonflower_scan(frames=200, shape=128, photons=1e8, noise=True):
     """Parameter tree of the ``MoonFlowerScan`` data of one BlockFull scan."""
-    from ptypy import utils as u
     scan = u.Param(name='BlockFull')
     scan.data = u.Param(name='MoonFlowerScan', shape=shape, num_frames=frames, save=None,
                         photons=photons, add_poisson_noise=noise)

@@ -1,6 +1,6 @@
 """PtyPy data loader ``NpzScan`` for scans in the npz layout of ``shared/data/`` (needs PtyPy).
 
-Registered with PtyPy by ``import ptypy_npu``, so a parameter tree can say
+Registered with PtyPy by ``import ptypy_npu.ptypy_plugin``, so a parameter tree can say
 ``p.scans.star.data.name = 'NpzScan'``. The files carry no geometry; the defaults are
 a geometry whose object pixel, ``wavelength * distance / (shape * psize)``, is one unit of
 the file's positions (10 nm), as ``shared/data/README.md`` describes for the Siemens star.
@@ -9,7 +9,7 @@ from ptypy import utils as u
 from ptypy.core.data import PtyScan
 from ptypy.experiment import register
 
-from .io import read_npz
+from ..io import read_npz
 
 #: Frame subsets: all frames, or two disjoint halves for half-data FRC scoring.
 FRAME_SUBSETS = {'all': slice(None), 'even': slice(0, None, 2), 'odd': slice(1, None, 2)}
