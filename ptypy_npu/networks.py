@@ -9,6 +9,7 @@ Only layers with second-order gradients in MindSpore's graph mode are used (stri
 convolutions, transposed convolutions, BatchNorm, LeakyReLU/Tanh): no pooling, no
 ``nn.Upsample``, no GroupNorm, so AdaHessian can train them (docs/ARCHITECTURE.md, MindSpore facts).
 """
+import dataclasses
 import math
 
 import numpy as np
@@ -29,6 +30,18 @@ def _upsample_block(in_channels, out_channels):
             nn.BatchNorm2d(out_channels), nn.LeakyReLU(0.2)]
 
 
+@dataclasses.dataclass
+class NetworkExport:
+    """A trained network and what is needed to use it on other scans (:mod:`ptypy_npu.models` saves it)."""
+    network: nn.Cell
+    settings: dict          # the network's name and options
+    frame_shape: tuple      # (H, W) detector pixels
+    input_scale: float      # network input normalisation (:func:`~ptypy_npu.networks.network_input`)
+    probe: np.ndarray       # (M, H, W) complex, the probe it was trained with
+    geometry: dict          # of the training scan (ScanData.geometry)
+    training: dict          # frames, epochs, loss
+
+
 def network_input(intensities, scale):
     """The networks' input (N, 1, H, W) float32: ``log1p(I) / scale`` of intensities (N, H, W).
 
@@ -43,9 +56,10 @@ def predict_patches(network, inputs, batch_size=64):
     """Complex object patches (N, H, W) that ``network`` predicts from ``inputs`` (N, 1, H, W).
 
     Inference mode (BatchNorm's running statistics), so a frame's patch does not depend on
-    the other frames of its batch; batches have one fixed shape (the last is padded), so
+    the other frames of its batch (the network's mode is restored after); batches have one fixed shape (the last is padded), so
     one compiled graph serves them all.
     """
+    training = network.training
     network.set_train(False)
     n = len(inputs)
     padded = np.concatenate([inputs, np.repeat(inputs[-1:], (-n) % batch_size, axis=0)])
@@ -53,6 +67,7 @@ def predict_patches(network, inputs, batch_size=64):
     for start in range(0, len(padded), batch_size):
         log_amplitude, phase = network(Tensor(padded[start:start + batch_size]))
         patches.append(np.exp(log_amplitude.asnumpy() + 1j * phase.asnumpy()))
+    network.set_train(training)  # a training network goes on training
     return np.concatenate(patches)[:n]
 
 

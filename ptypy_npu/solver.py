@@ -3,12 +3,8 @@
 The core of ptypy-npu. It takes a :class:`~ptypy_npu.scan.ScanData` (plain arrays), a
 :class:`~ptypy_npu.settings.Settings` and the :class:`Factories` its names resolve to (the plugin
 host's :func:`ptypy_npu.plugins.build_solver` does both), and imports neither PtyPy nor the plugin
-host. What a step computes is in :mod:`.objective` and :mod:`.step`; see docs/ARCHITECTURE.md.
-
-Object and probe gradients are divided by the illumination they saw in the batch (``sum |P|^2``
-per object pixel, ``sum |O_j|^2`` per probe pixel, plus ``illumination_regularisation`` times the
-maximum), the step normalisation of ePIE/LSQML: with plain SGD and learning rate ~1 this is a
-projection-like update independent of the photon count.
+host. What a step computes is in :mod:`.objective` and :mod:`.step` (where object and probe steps
+are normalised by the illumination, as ePIE/LSQML do); see docs/ARCHITECTURE.md.
 """
 import dataclasses
 import logging
@@ -23,8 +19,9 @@ from mindspore import Tensor, nn, ops
 
 from . import checkpoints, physics
 from .device import COMPUTE_TYPES, select_device
+from .batches import Shards
 from .distributed import SingleProcess, allreduce_tensors
-from .networks import network_input, predict_patches, set_compute_precision
+from .networks import NetworkExport, network_input, predict_patches, set_compute_precision
 from .objective import JointObjective, PhysicsObjective, parameter_pair
 from .scan import patch_indices
 from .step import HessianRefresh, make_step
@@ -58,27 +55,12 @@ class Factories:
     optimizers: dict
 
 
-@dataclasses.dataclass
-class NetworkExport:
-    """A trained network and what is needed to use it on other scans (see :mod:`ptypy_npu.models`)."""
-    network: nn.Cell
-    settings: dict          # the network's name and options
-    frame_shape: tuple      # (H, W) detector pixels
-    input_scale: float      # network input normalisation (:func:`~ptypy_npu.networks.network_input`)
-    probe: np.ndarray       # (M, H, W) complex, the probe it was trained with
-    geometry: dict          # of the training scan (ScanData.geometry)
-    training: dict          # frames, epochs, loss
-
-
 class JointSolver:
     """Reconstructs a :class:`~ptypy_npu.scan.ScanData` by training network, object and probe jointly.
 
     >>> solver = plugins.build_solver(data, settings.make({'network.name': None}))
-    >>> solver.run(epochs=20)           # returns per-frame errors (N, 3) of the last epoch
-    >>> solver.object, solver.probe     # complex numpy arrays (Ho, Wo), (M, H, W)
-
-    Errors follow PtyPy: Fourier magnitude error, photon error and exit error (network/object
-    exit-wave mismatch, 0 without a network) per frame.
+    >>> solver.run(epochs=20)           # per-frame errors (N, 3) of the last epoch, as PtyPy's:
+    >>> solver.object, solver.probe     # Fourier, photon, exit; complex (Ho, Wo), (M, H, W)
 
     Distributed (MPI or MindSpore's collectives): every rank builds a solver from its own frames
     with the same object, probe, settings and seed, and a ``communicator`` (:mod:`.distributed`);
@@ -95,8 +77,8 @@ class JointSolver:
         self.communicator = communicator or SingleProcess()
         self.data = data.validate()
         n, h, w = self.data.intensities.shape
-        self.shard_sizes, self.shard_offsets = self._shards(n, shard_sizes)
-        settings.validate(n_frames=sum(self.shard_sizes), processes=len(self.shard_sizes))
+        self.shards = Shards(n, self.communicator, shard_sizes)
+        settings.validate(n_frames=self.shards.total, processes=len(self.shards.sizes))
         select_device(settings.device)
         ms.set_seed(settings.seed)
         self.rng = np.random.default_rng(settings.seed)
@@ -115,9 +97,11 @@ class JointSolver:
                                  self.optimizers + [None], settings, self.communicator)
         #: the physics-only step from epoch 0, then the joint one from network.start
         self.phases = [Phase(0, physics_step, HessianRefresh(physics_step, self.communicator))]
-        self.network, self.loss_scaler = None, None
+        self.network, self.loss_scaler, self.statistics = None, None, []
         if factories.network is not None:
             self.network = self._network(factories.network, h)
+            self.network.set_train(True)
+            self.statistics = [p for p in self.network.get_parameters() if not p.requires_grad]  # BatchNorm's
             self.optimizers.append(self._optimizer(self.network.trainable_params(), 'network_update'))
             if settings.precision == 'float16':
                 self.loss_scaler = ms.amp.DynamicLossScaler(*LOSS_SCALE)
@@ -133,17 +117,6 @@ class JointSolver:
         self.epoch = 0
         self.errors = np.zeros((n, 3))
         self.history = []
-
-    def _shards(self, n, shard_sizes):
-        """Frame counts of the shards (ranks) and {shard: offset of its frames in ``data``} held here."""
-        if self.communicator.size > 1:
-            if shard_sizes is not None:
-                raise ValueError("shard_sizes: a distributed solver takes the ranks' frame counts from its communicator")
-            return self.communicator.allgather(n), {self.communicator.rank: 0}
-        sizes = [n] if shard_sizes is None else list(shard_sizes)
-        if sum(sizes) != n or min(sizes) < 1:
-            raise ValueError(f"shard_sizes must be frame counts >= 1 adding up to the {n} frames, got {shard_sizes}")
-        return sizes, dict(enumerate(np.cumsum([0] + sizes[:-1]).tolist()))
 
     def _network(self, factory, frame_size):
         try:
@@ -207,10 +180,8 @@ class JointSolver:
         if phase.start not in self._compiled:
             self._compiled.add(phase.start)
             logger.info(COMPILING[phase is not self.phases[0]].format(epoch=self.epoch + 1))
-        if self.network is not None:
-            self.network.set_train(True)
         losses = []
-        for batch in self.epoch_batches():
+        for batch in self.shards.epoch(self.settings.batch_size, self.rng):
             inputs = self._inputs(batch)
             if self.steps_taken % self.settings.hessian_interval == 0:
                 phase.hessian.refresh(inputs, self.rng)
@@ -222,48 +193,25 @@ class JointSolver:
                 break
         return losses
 
-    def epoch_batches(self):
-        """This process's frames for every step of one epoch, (steps, local batch) indices into its data.
-
-        Every shard (rank) is shuffled and cut into rows of ``batch_size / shards`` frames, filled up
-        to the longest shard's number of steps, so every step has one shape; each process draws the
-        order of every shard, so the shared RNG stays equal on all ranks.
-        """
-        per_shard = self.settings.batch_size // len(self.shard_sizes)
-        steps = -(-max(self.shard_sizes) // per_shard)
-        parts = []
-        for shard, size in enumerate(self.shard_sizes):
-            order = np.resize(self.rng.permutation(size), steps * per_shard).reshape(steps, per_shard)
-            if shard in self.shard_offsets:
-                parts.append(order + self.shard_offsets[shard])
-        return np.concatenate(parts, axis=1)
-
     def _inputs(self, batch):
         return (Tensor(self.amplitudes[batch]), Tensor(self.data.intensities[batch]), Tensor(self.mask[batch]),
                 Tensor(self.indices[batch]))
 
     def _average_network_statistics(self):
-        """Average the network's BatchNorm running statistics over the ranks.
-
-        Each rank normalises its own part of the batch (as data-parallel training without
-        synchronised BatchNorm does), so its running statistics drift apart; they are exponential
-        averages, linear in the batch statistics, so averaging them once an epoch equals averaging
-        every step.
-        """
-        if self.communicator.size == 1 or self.network is None:
+        """Average the network's BatchNorm running statistics over the ranks. Each rank normalises its
+        own part of the batch (data-parallel training without synchronised BatchNorm), so they drift
+        apart; being exponential averages, linear in the batch statistics, averaging them once an
+        epoch equals averaging every step."""
+        if self.communicator.size == 1 or not self.statistics:
             return
-        statistics = [p for p in self.network.get_parameters() if not p.requires_grad]
-        for param, total in zip(statistics, allreduce_tensors(self.communicator, statistics)):
+        for param, total in zip(self.statistics, allreduce_tensors(self.communicator, self.statistics)):
             ops.assign(param, total / self.communicator.size)
 
     def _hold_probe_power(self):
-        """Undo the drift of the probe/object scale, ``P -> a P``, ``O -> O / a``, so ``sum |P|^2``
-        keeps its initial value (photons per frame for a transmission of 1).
-
-        The model ``P O`` is unchanged, but left alone the scale drifts (measured at 1e5 photons:
-        probe amplitude +30 % in 15 epochs); the object then leaves the transmission scale that
-        the initial guess, the unlit border and the network's free-space output share.
-        """
+        """Undo the drift of the probe/object scale, ``P -> a P``, ``O -> O / a``, so ``sum |P|^2`` keeps its
+        initial value. ``P O`` is unchanged, but a drifting scale (measured at 1e5 photons: probe
+        amplitude +30 % in 15 epochs) moves the object off the transmission scale that the initial
+        guess, the unlit border and the network's free-space output share."""
         o = self.objective
         power = float((ops.square(o.probe_re).sum() + ops.square(o.probe_im).sum()).asnumpy())
         factor = math.sqrt(self.probe_power / power)
@@ -296,8 +244,7 @@ class JointSolver:
         """
         objective = self.objective
         errors = np.zeros((len(self.indices), 3))
-        n, size = len(self.indices), self.settings.batch_size // len(self.shard_sizes) * len(self.shard_offsets)
-        for batch in np.resize(np.arange(n), -(-n // size) * size).reshape(-1, size):  # the step's batch shape
+        for batch in self.shards.in_order(len(self.indices), self.settings.batch_size):  # the steps' batch shape
             _, fourier, photon, _ = objective(*self._inputs(batch))
             errors[batch, 0], errors[batch, 1] = fourier.asnumpy(), photon.asnumpy()
         return errors

@@ -16,7 +16,7 @@ ROOT = PACKAGE.parent
 
 #: Every module of the package in its layer, lowest first; a module imports only from its own layer or below.
 LAYERS = {
-    'data (numpy only)': ['__init__', 'settings', 'scan', 'files', 'guesses', 'io', 'simulate', 'metrics'],
+    'data (numpy only)': ['__init__', 'settings', 'scan', 'batches', 'files', 'guesses', 'io', 'simulate', 'metrics'],
     'core (MindSpore)': ['device', 'distributed', 'physics', 'networks', 'optim', 'objective', 'step', 'checkpoints',
                          'solver'],
     'plugin host': ['hookspecs', 'builtin', 'plugins'],

@@ -138,7 +138,7 @@ def test_mindspore_collectives_outside_msrun_are_refused_with_the_launch_command
 def test_batches_compose_from_every_shard_and_refuse_an_uneven_split():
     data, _ = simulate_scan(frame_size=32, count=10, seed=1)
     solver = make_solver(data, {'network.name': None, 'batch_size': 4}, shard_sizes=[6, 4])
-    batches = solver.epoch_batches()
+    batches = solver.shards.epoch(4, np.random.default_rng(0))
     assert batches.shape == (3, 4)  # ceil(6 / 2) steps of 2 + 2 frames
     assert np.all(batches[:, :2] < 6) and np.all(batches[:, 2:] >= 6)
     assert set(batches[:, :2].ravel()) == set(range(6)) and set(batches[:, 2:].ravel()) == set(range(6, 10))
