@@ -38,6 +38,10 @@ def _convert(text, meta):
     if 'None' in kinds and text.lower() == 'none':
         return None
     kind = next(k for k in kinds if k != 'None')
+    if kind == 'bool':
+        if text.lower() not in ('true', 'false', 'yes', 'no', '1', '0'):
+            raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+        return text.lower() in ('true', 'yes', '1')
     try:
         return {'int': int, 'float': float, 'str': str}[kind](text)
     except ValueError:
@@ -50,15 +54,15 @@ def add_setting_flags(parser):
     for key, default, meta in settings.walk(settings.Settings()):
         flag = settings.cli_flag(key, meta)
         choices = f" ({'|'.join(map(str, meta['choices']))})" if meta['choices'] else ''
-        group.add_argument(flag, dest=f"setting:{key}", default=None, metavar=key.split('.')[-1].upper(),
+        group.add_argument(flag, dest=f"setting:{key}", default=argparse.SUPPRESS, metavar=key.split('.')[-1].upper(),
                            type=lambda text, meta=meta: _convert(text, meta),
                            help=f"{meta['help']}{choices} [{key}; default {default}]")
 
 
 def settings_from(args):
-    """The :class:`~ptypy_npu.settings.Settings` of the flags given (the rest at their defaults)."""
-    given = {name[len('setting:'):]: value for name, value in vars(args).items()
-             if name.startswith('setting:') and value is not None}
+    """The :class:`~ptypy_npu.settings.Settings` of the flags given (the rest at their defaults; a flag's
+    value may be None, as ``--network none``)."""
+    given = {name[len('setting:'):]: value for name, value in vars(args).items() if name.startswith('setting:')}
     return settings.make(given)
 
 
@@ -74,8 +78,7 @@ def _positive(name, value):
 
 def _load_scans(args, model=None):
     """[(ScanData, truth or None)] from ``--simulate`` or the INPUT files, each with a probe: ``--probe``,
-    else the file's, else the model's, else one guessed from the data (said so)."""
-    from .guesses import probe_from_data
+    else the file's, else the model's, else None (the solver guesses one from the data and says so)."""
     from .io import load_scan, read_probe
     from .simulate import simulate_scan
     _positive('--frames', args.frames)
@@ -95,10 +98,8 @@ def _load_scans(args, model=None):
         elif data.probe is None and model is not None:
             data.probe = model.probe
         elif data.probe is None:
-            logging.getLogger(__name__).info(f"{path} holds no probe: starting from one guessed from the data "
-                                             "(mean diffraction amplitude propagated back); --probe FILE gives one")
-            data.probe = probe_from_data(data.intensities, data.mask)
-        scans.append((data.validate(), None))
+            logging.getLogger(__name__).info(f"{path} holds no probe (--probe FILE gives one): guessing one")
+        scans.append((data if data.probe is None else data.validate(), None))
     return scans
 
 

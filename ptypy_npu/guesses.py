@@ -1,20 +1,52 @@
-"""Initial guesses from the measured data alone, for files that carry no probe (numpy only).
+"""Initial probe guesses from the measured data alone, for files that carry no probe (numpy only).
 
-Most raw beamline files hold frames and positions, not the illumination. The guess here needs
-nothing else: the mean diffraction amplitude propagated back to the sample (zero phase), which
-by Parseval carries the mean frame's photons, so ``|F(P O)|^2`` starts in photons for a
-transmission of 1. The solver refines it from there.
+Most raw beamline files hold frames and positions, not the illumination. What the data tell:
+
+* the mean diffraction pattern is about the probe's own far field ``|F(P)|^2`` (the object
+  scatters a little of it), so its square root is the probe's pupil amplitude;
+* the scan step tells its size: scans are planned for the probe to overlap its neighbours, so
+  the probe's rms radius is taken equal to the median nearest-neighbour step.
+
+The pupil phase is not measured. A defocus (quadratic pupil phase) spreads the probe to the
+size the step asks for, but its sign, focus before or after the sample, gives the same mean
+pattern and a probe whose curvature has the wrong sign stalls a reconstruction for tens of
+epochs (measured: 64-px frames, 1e7 photons, error 0.60 after 10 epochs against 0.13 with the
+right sign). :func:`defocus_candidates` therefore offers both; the plugin host's
+``build_solver`` keeps the one whose first epochs fit the data better. Every guess carries the
+mean frame's photons (Parseval), so ``|F(P O)|^2`` starts in photons for a transmission of 1.
+
+The mean amplitude with no phase at all (propagated straight back) is no guess to start from:
+it is a fixed point of the Fourier projection, and a solver stays at that compact probe.
 """
 import numpy as np
 
+#: Defocus strengths tried (rad at the pupil's edge, quadratic in the spatial frequency).
+DEFOCUS_GRID = np.geomspace(0.5, 5e3, 160)
 
-def probe_from_data(intensities, mask=None):
-    """Probe guess (1, H, W) complex from frames (N, H, W) in photons, zero frequency centred.
 
-    ``P = F^-1(sqrt(<I>))``, the centred unitary inverse FFT of the mean measured amplitude (bad
-    pixels, ``mask`` False, take the mean of the valid ones), so ``sum |P|^2`` equals the mean
-    frame's photon count.
-    """
+def rms_radius(probe):
+    """The rms radius (px) of ``sum_modes |probe|^2`` about its centre of mass; probe (M, H, W) or (H, W)."""
+    power = np.abs(np.asarray(probe)) ** 2
+    power = power.reshape((-1,) + power.shape[-2:]).sum(0)
+    yy, xx = np.indices(power.shape)
+    total = power.sum()
+    cy, cx = np.sum(yy * power) / total, np.sum(xx * power) / total
+    return float(np.sqrt(np.sum(((yy - cy) ** 2 + (xx - cx) ** 2) * power) / total))
+
+
+def scan_step(positions):
+    """The median distance (px) from each scan position (N, 2) to its nearest neighbour."""
+    positions = np.asarray(positions, float)
+    if len(positions) < 2:
+        raise ValueError("a probe size cannot be guessed from fewer than two scan positions")
+    distances = np.sqrt(((positions[:, None] - positions[None]) ** 2).sum(-1))
+    np.fill_diagonal(distances, np.inf)
+    return float(np.median(distances.min(1)))
+
+
+def pupil_amplitude(intensities, mask=None):
+    """The mean measured amplitude (H, W), zero frequency centred; bad pixels (``mask`` False) take the
+    mean of the valid ones at that pixel, or of the whole pattern where no frame has a valid one."""
     intensities = np.asarray(intensities, float)
     valid = np.ones(intensities.shape, bool) if mask is None else np.asarray(mask, bool)
     counts = valid.sum(0)
@@ -22,6 +54,21 @@ def probe_from_data(intensities, mask=None):
     if not np.any(mean > 0):
         raise ValueError("the frames hold no photons: no probe can be guessed from them")
     mean[counts == 0] = mean[counts > 0].mean()
-    amplitude = np.sqrt(mean)
-    probe = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(amplitude), norm='ortho'))
-    return probe[None].astype(np.complex64)
+    return np.sqrt(mean)
+
+
+def defocus_candidates(intensities, positions, mask=None):
+    """Two probe guesses (1, H, W) complex, the pupil amplitude defocused (either sign) until the probe's
+    rms radius matches the scan step (at most a quarter of the frame)."""
+    amplitude = pupil_amplitude(intensities, mask)
+    h, w = amplitude.shape
+    target = min(scan_step(positions), min(h, w) / 4)
+    ky, kx = np.indices((h, w))
+    frequency = ((ky - h // 2) / h) ** 2 + ((kx - w // 2) / w) ** 2
+
+    def probe(strength):
+        pupil = amplitude * np.exp(1j * strength * frequency)
+        return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(pupil), norm='ortho'))
+
+    strength = min(DEFOCUS_GRID, key=lambda s: abs(rms_radius(probe(s)) - target))
+    return [probe(sign * strength)[None].astype(np.complex64) for sign in (1, -1)]

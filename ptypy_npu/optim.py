@@ -39,10 +39,13 @@ def adam(params, learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
 
 
 def sgd(params, learning_rate, momentum=0.0, weight_decay=0.0):
-    """MindSpore's SGD. With the solver's illumination normalisation this is ePIE-like."""
+    """MindSpore's SGD. With the solver's illumination normalisation and optimal step lengths this is
+    LSQML-like (:mod:`ptypy_npu.step`); the learning rate scales the optimal step."""
     if not 0 <= momentum < 1:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-    return nn.SGD(params, learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay)
+    optimizer = nn.SGD(params, learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay)
+    optimizer.takes_step_lengths = True  # its step scales with the solver's optimal step lengths
+    return optimizer
 
 
 _lion_update = ops.MultitypeFuncGraph('lion_update')

@@ -67,24 +67,11 @@ class FarfieldPropagator(nn.Cell):
         self.post_im = Tensor(post.imag.astype(dtype))
         self.to_complex = ops.Complex()
 
-    def _transform(self, re, im, pre_applied=False):
-        if not pre_applied:
-            re, im = complex_multiply(re, im, self.pre_re, self.pre_im)
-        spectrum = ops.fft2(self.to_complex(re, im), norm='ortho')
-        return ops.real(spectrum), ops.imag(spectrum)
-
     def construct(self, re, im):
         """Propagate exit waves (..., H, W) to the detector; returns the (re, im) far field."""
-        re, im = self._transform(re, im)
-        return complex_multiply(re, im, self.post_re, self.post_im)
-
-    def intensity(self, re, im, pre_applied=False):
-        """Far-field intensity |F|^2 of exit waves (..., H, W); ``post`` has unit modulus and drops out.
-
-        ``pre_applied``: the waves already carry the ``pre`` factor (see :class:`PtychoForward`).
-        """
-        re, im = self._transform(re, im, pre_applied)
-        return re * re + im * im
+        re, im = complex_multiply(re, im, self.pre_re, self.pre_im)
+        spectrum = ops.fft2(self.to_complex(re, im), norm='ortho')
+        return complex_multiply(ops.real(spectrum), ops.imag(spectrum), self.post_re, self.post_im)
 
 
 class PtychoForward(nn.Cell):
@@ -99,17 +86,35 @@ class PtychoForward(nn.Cell):
         super().__init__()
         self.propagator = propagator
         self.expand = ops.ExpandDims()
+        self.to_complex = ops.Complex()
 
     def exit_waves(self, probe_re, probe_im, patch_re, patch_im):
         """Exit waves (B, M, H, W) as a real/imag pair."""
         return complex_multiply(self.expand(patch_re, 1), self.expand(patch_im, 1),
                                 self.expand(probe_re, 0), self.expand(probe_im, 0))
 
-    def construct(self, probe_re, probe_im, patch_re, patch_im):
-        # pre * (P O) = (pre P) O: the factor is applied to the M probe modes, not the B x M exit waves
-        probe_re, probe_im = complex_multiply(probe_re, probe_im, self.propagator.pre_re, self.propagator.pre_im)
+    def pre_applied(self, probe_re, probe_im):
+        """The probe (M, H, W) times ``pre``: ``pre * (P O) = (pre P) O``, so the factor is applied to
+        the M probe modes, not the B x M exit waves."""
+        return complex_multiply(probe_re, probe_im, self.propagator.pre_re, self.propagator.pre_im)
+
+    def far_fields(self, probe_re, probe_im, patch_re, patch_im):
+        """``(far_re, far_im, intensity)``: far fields (B, M, H, W) of the pre-applied probe
+        (:meth:`pre_applied`) on the patches, without ``post`` (unit modulus: it changes no intensity
+        and no gradient), and their intensity summed over the modes (B, H, W)."""
         exit_re, exit_im = self.exit_waves(probe_re, probe_im, patch_re, patch_im)
-        return self.propagator.intensity(exit_re, exit_im, pre_applied=True).sum(axis=1)
+        spectrum = ops.fft2(self.to_complex(exit_re, exit_im), norm='ortho')
+        far_re, far_im = ops.real(spectrum), ops.imag(spectrum)
+        return far_re, far_im, (far_re * far_re + far_im * far_im).sum(axis=1)
+
+    def construct(self, probe_re, probe_im, patch_re, patch_im):
+        return self.far_fields(*self.pre_applied(probe_re, probe_im), patch_re, patch_im)[2]
+
+    def back_propagate(self, re, im):
+        """The adjoint of :meth:`far_fields` for fields (B, M, H, W): ``ifft2`` (unitary), giving the
+        gradient with respect to the pre-applied exit waves from one with respect to the far fields."""
+        waves = ops.ifft2(self.to_complex(re, im), norm='ortho')
+        return ops.real(waves), ops.imag(waves)
 
 
 def poisson_nll(model_intensity, measured_intensity, mask):
@@ -139,6 +144,21 @@ LOSSES = {'gaussian': gaussian_amplitude, 'poisson': poisson_nll}
 #: ``(|psi| - sqrt(I))^2``, 4 for the Poisson NLL at ``|psi|^2 = I``. The step normaliser
 #: multiplies the illumination by it, so a learning rate of 1 is a full projection step.
 LOSS_CURVATURE = {'gaussian': 2.0, 'poisson': 4.0}
+
+
+def gaussian_amplitude_weight(model_intensity, measured_intensity, mask):
+    """``w`` (B, H, W) with ``dL/dF_m = w F_m`` (real/imag-pair gradient) for :func:`gaussian_amplitude`:
+    ``2 mask (1 - sqrt(I) / sqrt(I_model + eps))``."""
+    return 2.0 * mask * (1.0 - ops.sqrt(measured_intensity) / ops.sqrt(model_intensity + AMPLITUDE_EPS))
+
+
+def poisson_nll_weight(model_intensity, measured_intensity, mask):
+    """``w`` (B, H, W) with ``dL/dF_m = w F_m`` for :func:`poisson_nll`: ``2 mask (1 - I / (I_model + eps))``."""
+    return 2.0 * mask * (1.0 - measured_intensity / (model_intensity + AMPLITUDE_EPS))
+
+
+#: The far-field gradient weight of each data term (the data term's derivative, by hand: no autodiff needed).
+LOSS_WEIGHTS = {'gaussian': gaussian_amplitude_weight, 'poisson': poisson_nll_weight}
 
 
 def fourier_and_photon_errors(model_intensity, measured_intensity, mask, amplitude_misfit=None):

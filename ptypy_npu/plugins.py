@@ -7,14 +7,17 @@ settings name into the :class:`~ptypy_npu.solver.Factories` the solver is built 
 (:func:`build_solver`); PtyPy engines that plugins contribute are registered with PtyPy by
 :mod:`ptypy_npu.ptypy_plugin`, not here.
 """
+import dataclasses
 import importlib.metadata
 import logging
 import warnings
 
+import numpy as np
 import pluggy
 
 from . import hookspecs
-from .settings import SettingError
+from .guesses import defocus_candidates, scan_step
+from .settings import SettingError, make
 from .solver import Factories, JointSolver
 
 logger = logging.getLogger(__name__)
@@ -103,9 +106,43 @@ def factories(settings):
 
 def build_solver(data, settings, **options):
     """A :class:`~ptypy_npu.solver.JointSolver` of ``data`` with the networks and optimizers that
-    ``settings`` name; ``options`` as the solver takes them (communicator, input_scale, ...)."""
+    ``settings`` name; ``options`` as the solver takes them (communicator, input_scale, ...). A scan
+    whose probe is None gets one guessed from its data (:func:`guess_probe`)."""
     resolved = factories(settings)  # unknown names first: a rate is only missing for a known optimizer
+    if data.probe is None:
+        settings.validate()
+        data = dataclasses.replace(data, probe=guess_probe(data, settings, options.get('communicator')))
     return JointSolver(data, settings, resolved, **options)
+
+
+#: Frames (those nearest the scan's centre) and epochs of the trial runs that choose among probe guesses.
+PROBE_TRIAL_FRAMES, PROBE_TRIAL_EPOCHS = 100, 5
+
+
+def guess_probe(data, settings, communicator=None):
+    """A probe for ``data`` (whose probe is unknown) from the data alone: of the two defocus guesses of
+    :func:`~ptypy_npu.guesses.defocus_candidates`, the one whose physics-only trial run (the frames
+    nearest the scan centre, ``PROBE_TRIAL_EPOCHS`` epochs, these settings) ends with the lower
+    Fourier error, summed over all processes so that every rank chooses alike."""
+    candidates = defocus_candidates(data.intensities, data.positions, data.mask)
+    positions = np.asarray(data.positions, float)
+    nearest = np.argsort(np.hypot(*(positions - np.median(positions, axis=0)).T))[:PROBE_TRIAL_FRAMES]
+    trial = make(overrides={'network.name': None, 'precision': 'float32', 'max_divergences': 0,
+                            'batch_size': min(settings.batch_size, len(nearest))}, base=settings)
+    errors = []
+    for probe in candidates:
+        solver = JointSolver(dataclasses.replace(data.frames(np.sort(nearest)), probe=probe), trial, factories(trial))
+        try:
+            errors.append(float(solver.run(PROBE_TRIAL_EPOCHS)[:, 0].mean()))
+        except FloatingPointError:
+            errors.append(np.inf)
+    if communicator is not None and communicator.size > 1:
+        errors = list(communicator.allreduce(np.array(errors, np.float32)))
+    best = int(np.argmin(errors))
+    logger.info(f"no probe given: guessed from the data (the mean pattern's amplitude, defocused to the scan step "
+                f"of {scan_step(data.positions):.1f} px); of the two defocus signs, the one whose trial fits better "
+                f"(Fourier error {errors[best]:.3g} against {errors[1 - best]:.3g})")
+    return candidates[best]
 
 
 def engine_classes():

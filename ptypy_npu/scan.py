@@ -41,6 +41,22 @@ class ScanData:
         return dataclasses.replace(self, intensities=np.asarray(self.intensities)[chosen],
                                    positions=np.asarray(self.positions)[chosen], mask=mask)
 
+    def photon_sums(self):
+        """``(measured, modelled)`` photons of all frames: ``sum_j sum I_j`` and ``sum_j sum |P O_j|^2`` of the
+        probe and initial object (Parseval: the far field keeps the exit waves' power)."""
+        probe = np.asarray(self.probe)
+        power = (np.abs(probe.reshape((-1,) + probe.shape[-2:])) ** 2).sum(0)
+        object_power = (np.abs(np.asarray(self.obj).ravel()[patch_indices(self.positions, power.shape,
+                                                                          np.shape(self.obj))]) ** 2).sum(0)
+        return float(np.sum(self.intensities, dtype=np.float64)), float(np.sum(power * object_power))
+
+    def photon_scaled_probe(self, sums=None):
+        """The probe (M, H, W) scaled so that the model of the initial object carries the measured photons
+        (:meth:`photon_sums`, or the given ``sums``, e.g. of all processes' frames). Probes from files or
+        other codes come on any scale; an object of transmission ~1 then needs this one."""
+        measured, modelled = self.photon_sums() if sums is None else sums
+        return np.asarray(self.probe) * np.sqrt(measured / modelled)
+
     def validate(self):
         """Raise ``ValueError`` naming the array and what was expected; return a normalised copy
         (float32 intensities, bool mask, (M, H, W) probe, int64 positions)."""

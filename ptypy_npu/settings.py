@@ -127,6 +127,10 @@ class ProbeUpdate(Update):
     optimizer: str = setting('sgd', 'str', _OPTIMIZER_HELP)
     start: typing.Optional[int] = setting(0, 'int, None', 'Epochs before the probe is refined; None keeps it fixed',
                                           lowlim=0, flag='--probe-start')
+    centre_tolerance: typing.Optional[float] = setting(
+        1.0, 'float, None', "Distance (px) of the probe's centre of mass from the frame centre above which probe "
+        "and object are moved back together (PtyPy's probe_center_tol); None lets the probe wander", lowlim=0.0,
+        flag='--probe-centre-tolerance')
 
 
 @dataclasses.dataclass
@@ -144,6 +148,9 @@ class Settings:
                                          lowlim=0.0)
     illumination_regularisation: float = setting(0.1, 'float', 'Delta in the object/probe step normaliser '
                                                                '1 / (w + delta max w)', lowlim=0.0)
+    optimal_steps: bool = setting(True, 'bool', 'Scale the sgd object and probe steps by the lengths that '
+                                                'minimise the batch\'s data term along them (LSQML); the learning '
+                                                'rate then scales that optimal step', flag='--optimal-steps')
     network: Network = dataclasses.field(default_factory=Network, metadata={'help': Network.__doc__})
     network_update: NetworkUpdate = dataclasses.field(default_factory=NetworkUpdate,
                                                       metadata={'help': NetworkUpdate.__doc__})

@@ -21,6 +21,7 @@ from . import checkpoints, physics
 from .device import COMPUTE_TYPES, select_device
 from .batches import Shards
 from .distributed import SingleProcess, allreduce_tensors
+from .gauge import fixed_gauge
 from .networks import NetworkExport, network_input, predict_patches, set_compute_precision
 from .objective import JointObjective, PhysicsObjective, parameter_pair
 from .scan import patch_indices
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 #: (the defaults of PyTorch's GradScaler; MindSpore's DynamicLossScaler runs it)
 LOSS_SCALE = (2.0 ** 16, 2, 2000)
 
+#: An epoch whose mean Fourier error rises above this multiple of the lowest before it has diverged.
+DIVERGENCE_FACTOR = 10.0
 
 #: What the first epoch of each step announces: it compiles the step's graphs first.
 COMPILING = {False: "epoch {epoch}: compiling the object and probe step (a few seconds)",
@@ -62,13 +65,10 @@ class JointSolver:
     >>> solver.run(epochs=20)           # per-frame errors (N, 3) of the last epoch, as PtyPy's:
     >>> solver.object, solver.probe     # Fourier, photon, exit; complex (Ho, Wo), (M, H, W)
 
-    Distributed (MPI or MindSpore's collectives): every rank builds a solver from its own frames
-    with the same object, probe, settings and seed, and a ``communicator`` (:mod:`.distributed`);
-    each step takes ``batch_size / ranks`` frames from every rank and sums gradients and batch
-    illumination over the ranks, so all keep identical weights, object and probe.
-    ``shard_sizes`` (frame counts of shards held one after another in ``data``) makes a single
-    process compose its batches the same way, and so take the steps of a distributed run.
-    ``input_scale``: the network input normalisation of a trained model (default: this scan's).
+    Distributed: every rank builds a solver of its own frames with the same object, probe, settings,
+    seed and a ``communicator`` (:mod:`.distributed`); the steps sum over the ranks, which so keep
+    identical weights, object and probe; ``shard_sizes`` makes one process take the same steps
+    (:class:`~ptypy_npu.batches.Shards`). ``input_scale``: a trained model's input normalisation.
     """
 
     def __init__(self, data, settings, factories, input_scale=None, communicator=None, shard_sizes=None):
@@ -84,19 +84,18 @@ class JointSolver:
         self.rng = np.random.default_rng(settings.seed)
         self.object_shape = self.data.obj.shape
         self.indices = patch_indices(self.data.positions, (h, w), self.object_shape)
-        brightest = self.communicator.allreduce(np.array([self.data.intensities.max()], np.float32), op='max')[0]
-        self.input_scale = float(input_scale or np.log1p(float(brightest)))
+        brightest = self.communicator.allreduce(np.array([self.data.intensities.max()], np.float32), op='max')
+        self.input_scale = float(input_scale or np.log1p(float(brightest[0])))
         self.amplitudes = network_input(self.data.intensities, self.input_scale)
         self.mask = self.data.mask.astype(np.float32)
-        self.probe_power = float(np.sum(np.abs(self.data.probe) ** 2))  # photons per frame (ScanData)
-        object_pair, probe_pair = parameter_pair(self.data.obj.reshape(-1), 'object'), parameter_pair(
-            self.data.probe, 'probe')
+        probe = self.data.photon_scaled_probe(self.communicator.allreduce(np.array(self.data.photon_sums(), np.float32)))
+        self.probe_power = float(np.sum(np.abs(probe) ** 2))  # photons per frame at transmission 1
+        object_pair, probe_pair = parameter_pair(self.data.obj.reshape(-1), 'object'), parameter_pair(probe, 'probe')
         propagator = self.data.propagator or physics.centred_fft_factors((h, w))
         self.optimizers = [self._optimizer(object_pair, 'object_update'), self._optimizer(probe_pair, 'probe_update')]
         physics_step = make_step(PhysicsObjective(object_pair, probe_pair, propagator, settings.loss),
                                  self.optimizers + [None], settings, self.communicator)
-        #: the physics-only step from epoch 0, then the joint one from network.start
-        self.phases = [Phase(0, physics_step, HessianRefresh(physics_step, self.communicator))]
+        self.phases = [Phase(0, physics_step, HessianRefresh(physics_step, self.communicator))]  # then the joint one
         self.network, self.loss_scaler, self.statistics = None, None, []
         if factories.network is not None:
             self.network = self._network(factories.network, h)
@@ -105,14 +104,15 @@ class JointSolver:
             self.optimizers.append(self._optimizer(self.network.trainable_params(), 'network_update'))
             if settings.precision == 'float16':
                 self.loss_scaler = ms.amp.DynamicLossScaler(*LOSS_SCALE)
+            loss_unit = self.probe_power * settings.batch_size
             objective = JointObjective(object_pair, probe_pair, propagator, settings.loss, self.network,
-                                       settings.consistency, settings.network_consistency)
-            joint_step = make_step(objective, self.optimizers, settings, self.communicator, self.loss_scaler,
-                                   loss_unit=self.probe_power * settings.batch_size)
+                                       settings.consistency, settings.network_consistency, self.loss_scaler, loss_unit)
+            joint_step = make_step(objective, self.optimizers, settings, self.communicator, self.loss_scaler, loss_unit)
             self.phases.append(Phase(settings.network.start, joint_step, HessianRefresh(joint_step, self.communicator)))
-        self.objective = physics_step.gradient.objective  # object and probe live here
+        self.objective = physics_step.objective  # object and probe live here
         self.parts = nn.CellList([phase.step for phase in self.phases])  # names every parameter and state
         self._compiled = set()
+        self._lowest_fourier = math.inf
         self.steps_taken = 0
         self.epoch = 0
         self.errors = np.zeros((n, 3))
@@ -142,16 +142,19 @@ class JointSolver:
     def run(self, epochs=1, report=None):
         """Train for ``epochs`` passes over all frames; returns the (N, 3) errors of the last.
 
-        Divergence guard: an epoch whose loss or parameters become NaN or Inf is rolled back to
-        the state before it, every learning rate is halved, a warning says so, and the epoch runs
-        again; after ``max_divergences`` such rollbacks in a row the last good state is restored
-        and ``FloatingPointError`` raised. ``report(solver)`` is called after every epoch.
+        Divergence guard: an epoch whose loss or parameters become NaN or Inf, or whose mean Fourier
+        error exceeds :data:`DIVERGENCE_FACTOR` times the lowest of the epochs before, is rolled
+        back to the state before it, every learning rate is halved, a warning says so, and the
+        epoch runs again; after ``max_divergences`` such rollbacks in a row the last good state is
+        restored and ``FloatingPointError`` raised. ``report(solver)`` is called after every epoch.
         """
         for _ in range(epochs):
             good = self.state()
             for attempt in range(self.settings.max_divergences + 1):
                 losses = self._epoch()
-                if all(math.isfinite(x) for x in losses) and self._parameters_finite():
+                diverged, fourier = self._diverged(losses)
+                if not diverged:
+                    self._lowest_fourier = min(self._lowest_fourier, fourier)
                     break
                 self.restore(good)
                 if attempt == self.settings.max_divergences:
@@ -161,9 +164,9 @@ class JointSolver:
                         "learning rates or raise illumination_regularisation")
                 for optimizer in self.optimizers:
                     ops.assign(optimizer.learning_rate, optimizer.learning_rate * 0.5)
-                warnings.warn(f"the loss became {losses[-1]} in epoch {self.epoch}: rolled back to the epoch's "
-                              "start and halved every learning rate", RuntimeWarning)
-            self._hold_probe_power()
+                warnings.warn(f"epoch {self.epoch} diverged (loss {losses[-1]:.4g}, Fourier error {fourier:.4g}): "
+                              "rolled back to the epoch's start and halved every learning rate", RuntimeWarning)
+            self._fix_gauge()
             self._average_network_statistics()
             self.epoch += 1
             self.history.append({'epoch': self.epoch, 'time': time.perf_counter(), 'loss': float(np.sum(losses)),
@@ -207,17 +210,15 @@ class JointSolver:
         for param, total in zip(self.statistics, allreduce_tensors(self.communicator, self.statistics)):
             ops.assign(param, total / self.communicator.size)
 
-    def _hold_probe_power(self):
-        """Undo the drift of the probe/object scale, ``P -> a P``, ``O -> O / a``, so ``sum |P|^2`` keeps its
-        initial value. ``P O`` is unchanged, but a drifting scale (measured at 1e5 photons: probe
-        amplitude +30 % in 15 epochs) moves the object off the transmission scale that the initial
-        guess, the unlit border and the network's free-space output share."""
+    def _fix_gauge(self):
+        """Hold the probe's power and centre (:func:`~ptypy_npu.gauge.fixed_gauge`), which the data cannot fix."""
         o = self.objective
-        power = float((ops.square(o.probe_re).sum() + ops.square(o.probe_im).sum()).asnumpy())
-        factor = math.sqrt(self.probe_power / power)
-        for param, scale in ((o.probe_re, factor), (o.probe_im, factor), (o.object_re, 1 / factor),
-                             (o.object_im, 1 / factor)):
-            ops.assign(param, param * scale)
+        probe, obj = fixed_gauge(o.probe_re.asnumpy() + 1j * o.probe_im.asnumpy(),
+                                 o.object_re.asnumpy() + 1j * o.object_im.asnumpy(), self.object_shape,
+                                 self.probe_power, self.settings.probe_update.centre_tolerance)
+        for param, value in ((o.probe_re, probe.real), (o.probe_im, probe.imag), (o.object_re, obj.real),
+                             (o.object_im, obj.imag)):
+            ops.assign(param, Tensor(np.ascontiguousarray(value, np.float32)))
 
     def named_parameters(self):
         """{name: Parameter} of everything the steps hold (weights, object, probe, optimizer states),
@@ -233,15 +234,16 @@ class JointSolver:
         for name, param in self.named_parameters().items():
             ops.assign(param, Tensor(state[name]))
 
-    def _parameters_finite(self):
-        trained = [p for optimizer in self.optimizers for p in optimizer.parameters]
-        return math.isfinite(sum(float(ops.square(p).sum().asnumpy()) for p in trained))
+    def _diverged(self, losses):
+        """(whether the last epoch diverged (see :meth:`run`), its mean Fourier error over all processes)."""
+        trained = sum(float(ops.square(p).sum().asnumpy()) for optimizer in self.optimizers for p in optimizer.parameters)
+        total, count = self.communicator.allreduce(np.array([self.errors[:, 0].sum(), len(self.errors)], np.float32))
+        fourier = float(total / count)
+        return not (all(map(math.isfinite, losses + [trained])) and fourier <= DIVERGENCE_FACTOR * self._lowest_fourier), \
+            fourier
 
     def evaluate(self):
-        """PtyPy's per-frame errors (N, 3) of the current object and probe, without a step.
-
-        Fourier and photon errors as in :meth:`run`; the exit error (a training quantity) is 0.
-        """
+        """PtyPy's per-frame errors (N, 3) of the current object and probe, without a step (exit error 0)."""
         objective = self.objective
         errors = np.zeros((len(self.indices), 3))
         for batch in self.shards.in_order(len(self.indices), self.settings.batch_size):  # the steps' batch shape

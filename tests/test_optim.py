@@ -1,4 +1,6 @@
 """Optimizers against numpy implementations of their papers, HVPs against finite differences."""
+import dataclasses
+
 import numpy as np
 import mindspore as ms
 import pytest
@@ -204,22 +206,23 @@ def test_lion_and_adahessian_beat_sgd_on_an_ill_conditioned_quadratic():
 
 @pytest.mark.parametrize('name', ['adam', 'adamw', 'lion', 'adahessian', 'sgd'])
 def test_each_optimizer_trains_the_network_on_a_physics_loss(name):
+    """Object and probe frozen at the truth: the network alone learns, and its exit-wave mismatch with
+    the true patches falls (measured after 8 epochs: 0.27-0.6 of the first epoch's, per optimizer)."""
     rates = {'adam': 2e-3, 'adamw': 2e-3, 'lion': 2e-4, 'adahessian': 0.5, 'sgd': 1e-8}
-    data, _ = simulate_scan(frame_size=32, count=16, photons=1e5)
-    solver = make_solver(data, {**SMALL_NETWORK, 'network_update.optimizer': name,
-                                'network_update.learning_rate': rates[name], 'object_update.learning_rate': 0.0,
-                                'probe_update.learning_rate': 0.0, 'consistency': 0.0, 'network_consistency': 0.0,
-                                'batch_size': 8, 'network.start': 0})  # object and probe frozen: only the network learns
-    solver.run(8)
-    losses = [h['loss'] for h in solver.history]
-    assert losses[-1] < 0.9 * losses[0]
+    data, truth = simulate_scan(frame_size=32, count=16, photons=1e5)
+    solver = make_solver(dataclasses.replace(data, obj=truth), {
+        **SMALL_NETWORK, 'network_update.optimizer': name, 'network_update.learning_rate': rates[name],
+        'object_update.learning_rate': 0.0, 'probe_update.learning_rate': 0.0, 'consistency': 0.0,
+        'batch_size': 8, 'network.start': 0})
+    first = solver.run(1)[:, 2].mean()
+    assert solver.run(7)[:, 2].mean() < 0.8 * first
 
 
 def test_adahessian_refines_the_object_without_illumination_normalisation():
     """Slowly: the far-field Hessian is dense within a patch, so |v * Hv| overestimates its diagonal."""
     data, _ = simulate_scan(frame_size=32, count=16, photons=1e5)
     solver = make_solver(data, {'network.name': None, 'object_update.optimizer': 'adahessian',
-                                'object_update.learning_rate': 1.0, 'probe_update.start': None})
+                                'probe_update.start': None})
     first = solver.run(1)[:, 0].mean()
     assert solver.run(7)[:, 0].mean() < 0.95 * first
 

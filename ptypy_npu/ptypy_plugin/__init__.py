@@ -1,7 +1,7 @@
 """The part of ptypy-npu that plugs into PtyPy (needs PtyPy): importing it registers
 
 * the ``W1Net`` engine (:mod:`.engine`), so ``p.engines.e01.name = 'W1Net'`` validates,
-* the ``NpzScan`` data loader (:mod:`.npz_loader`),
+* the data loaders ``NpzScan`` (:mod:`.npz_loader`) and ``SimulatedScan`` (:mod:`.simulated_scan`),
 * the engines that installed plugins contribute through the ``ptypy_npu_engines`` hook
 
 with PtyPy, before ``Ptycho(p)`` checks the tree::
@@ -17,6 +17,7 @@ import ptypy.engines
 from .. import plugins
 from .engine import W1Net
 from .npz_loader import NpzScan
+from .simulated_scan import SimulatedScan
 
 
 def register_engines():
@@ -34,4 +35,4 @@ def register_engines():
 
 register_engines()
 
-__all__ = ['W1Net', 'NpzScan', 'register_engines']
+__all__ = ['W1Net', 'NpzScan', 'SimulatedScan', 'register_engines']
