@@ -128,7 +128,8 @@ def guess_probe(data, settings, communicator=None):
     positions = np.asarray(data.positions, float)
     nearest = np.argsort(np.hypot(*(positions - np.median(positions, axis=0)).T))[:PROBE_TRIAL_FRAMES]
     trial = make(overrides={'network.name': None, 'precision': 'float32', 'max_divergences': 0,
-                            'batch_size': min(settings.batch_size, len(nearest))}, base=settings)
+                            'batch_size': settings.batch_size and min(settings.batch_size, len(nearest))},
+                 base=settings)
     errors = []
     for probe in candidates:
         solver = JointSolver(dataclasses.replace(data.frames(np.sort(nearest)), probe=probe), trial, factories(trial))

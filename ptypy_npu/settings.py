@@ -27,7 +27,7 @@ PRECISIONS = ('float32', 'float16', 'bfloat16')
 #: (except AdaHessian's); Lion's sign steps want rates 3-10x smaller than Adam's.
 DEFAULT_LEARNING_RATES = {
     'network_update': {'adam': 2e-3, 'adamw': 2e-3, 'lion': 2e-4, 'adahessian': 0.5},
-    'object_update': {'sgd': 1.5, 'adam': 0.03, 'adamw': 0.02, 'lion': 0.01, 'adahessian': 0.1},
+    'object_update': {'sgd': 1.0, 'adam': 0.03, 'adamw': 0.02, 'lion': 0.01, 'adahessian': 0.1},
     'probe_update': {'sgd': 1.0, 'adam': 3.0, 'adamw': 2.0, 'lion': 1.0, 'adahessian': 0.1},
 }
 
@@ -137,8 +137,9 @@ class ProbeUpdate(Update):
 class Settings:
     """The settings of a W1Net reconstruction (solver, engine and CLI alike)."""
     numiter: int = setting(50, 'int', 'Epochs (passes over all frames)', lowlim=1, flag='--epochs')
-    batch_size: int = setting(4, 'int', 'Frames per step, over all processes (a multiple of their number; '
-                                        'each takes batch_size / processes)', lowlim=1)
+    batch_size: typing.Optional[int] = setting(
+        None, 'int, None', 'Frames per step, over all processes (a multiple of their number; each takes '
+        'batch_size / processes); None: from the dose (Settings.adapted_to_dose)', lowlim=1)
     loss: str = setting('gaussian', 'str', "Data term: 'gaussian' (amplitude misfit, as DM) or 'poisson' "
                                            "(negative log-likelihood, as ML)", choices=LOSSES)
     consistency: float = setting(4.0, 'float', 'Weight of the prior tying object and network patches, in object '
@@ -146,8 +147,9 @@ class Settings:
     network_consistency: float = setting(1.0, 'float', 'Weight of the pull of the network toward the object\'s '
                                                        'patches, in photons (the object teaches the network)',
                                          lowlim=0.0)
-    illumination_regularisation: float = setting(0.1, 'float', 'Delta in the object/probe step normaliser '
-                                                               '1 / (w + delta max w)', lowlim=0.0)
+    illumination_regularisation: typing.Optional[float] = setting(
+        None, 'float, None', 'Delta in the object/probe step normaliser 1 / (w + delta max w); None: from the '
+        'dose (Settings.adapted_to_dose)', lowlim=0.0)
     optimal_steps: bool = setting(True, 'bool', 'Scale the sgd object and probe steps by the lengths that '
                                                 'minimise the batch\'s data term along them (LSQML); the learning '
                                                 'rate then scales that optimal step', flag='--optimal-steps')
@@ -171,6 +173,26 @@ class Settings:
     def uses_network(self):
         return self.network.name is not None
 
+    def adapted_to_dose(self, photons_per_pixel, n_frames, processes=1):
+        """These settings with the choices left to the data (None) made from the mean counts per detector
+        pixel, the best on families of simulated scans (64 px, 1e4-1e7 photons per frame, two probe
+        shapes): noisy data want steps averaged over more frames and a more strongly regularised
+        normaliser, clean data many small batches:
+
+        * ``illumination_regularisation = sqrt(5 / photons_per_pixel)``, within [0.1, 3];
+        * ``batch_size = 400 / photons_per_pixel`` rounded to a power of two, within [4, 16], a multiple
+          of ``processes`` and at most the ``n_frames`` of the scan.
+        """
+        counts = max(photons_per_pixel, 1e-12)
+        delta = self.illumination_regularisation
+        if delta is None:
+            delta = float(min(max(math.sqrt(5.0 / counts), 0.1), 3.0))
+        batch = self.batch_size
+        if batch is None:
+            batch = int(min(max(2 ** round(math.log2(400.0 / counts)), 4), 16))
+            batch = max(processes, min(batch, n_frames) // processes * processes)
+        return make({'illumination_regularisation': delta, 'batch_size': batch}, self)
+
     def validate(self, n_frames=None, processes=1):
         """Raise :class:`SettingError` naming the first setting out of its type, limits or choices,
         or inconsistent with the others, the scan's ``n_frames`` or the number of ``processes``."""
@@ -178,11 +200,6 @@ class Settings:
             check_value(key, value, meta)
         if self.network.binning not in (1, 2, 4):
             raise SettingError('network.binning', f"must be 1, 2 or 4, got {self.network.binning!r}")
-        if n_frames is not None and self.batch_size > n_frames:
-            raise SettingError('batch_size', f"{self.batch_size} exceeds the {n_frames} frames of the scan")
-        if self.batch_size % processes:
-            raise SettingError('batch_size', f"{self.batch_size} must be a multiple of the {processes} processes: "
-                                             "every step takes batch_size / processes frames from each")
         for group in ('network_update', 'object_update', 'probe_update'):
             update = getattr(self, group)
             if not isinstance(update.options, dict):
@@ -198,6 +215,11 @@ class Settings:
         if self.precision == 'float16' and self.network_update.optimizer == 'adahessian':
             raise SettingError('precision', "'float16' with network_update.optimizer 'adahessian': the "
                                             "Hessian-vector products are not loss-scaled; use 'float32' or 'bfloat16'")
+        if self.batch_size is not None and n_frames is not None and self.batch_size > n_frames:
+            raise SettingError('batch_size', f"{self.batch_size} exceeds the {n_frames} frames of the scan")
+        if self.batch_size is not None and self.batch_size % processes:
+            raise SettingError('batch_size', f"{self.batch_size} must be a multiple of the {processes} processes: "
+                                             "every step takes batch_size / processes frames from each")
         return self
 
 

@@ -72,13 +72,17 @@ class JointSolver:
     """
 
     def __init__(self, data, settings, factories, input_scale=None, communicator=None, shard_sizes=None):
-        self.settings = settings
         self.factories = factories
         self.communicator = communicator or SingleProcess()
         self.data = data.validate()
         n, h, w = self.data.intensities.shape
         self.shards = Shards(n, self.communicator, shard_sizes)
-        settings.validate(n_frames=self.shards.total, processes=len(self.shards.sizes))
+        counts, pixels = self.communicator.allreduce(np.array([np.sum(self.data.intensities * self.data.mask),
+                                                               np.sum(self.data.mask)], np.float32))
+        self.settings = settings = settings.validate(self.shards.total, len(self.shards.sizes)).adapted_to_dose(
+            counts / pixels, self.shards.total, len(self.shards.sizes))
+        logger.info(f"{counts / pixels:.3g} photons per detector pixel: batch_size {settings.batch_size}, "
+                    f"illumination_regularisation {settings.illumination_regularisation:.3g}")
         select_device(settings.device)
         ms.set_seed(settings.seed)
         self.rng = np.random.default_rng(settings.seed)

@@ -146,7 +146,7 @@ def test_truncated_or_foreign_files_are_refused_by_name(scan_file, model_dir, tm
     (['--epochs', '0'], '--epochs must be an integer >= 1, got 0'),
     (['--epochs', '-3'], '--epochs must be an integer >= 1, got -3'),
     (['--frames', '0'], '--frames must be >= 1, got 0'),
-    (['--batch-size', '0'], '--batch-size must be an integer >= 1, got 0'),
+    (['--batch-size', '0'], '--batch-size must be an integer >= 1 or None, got 0'),
     (['--batch-size', '500'], '--batch-size 500 exceeds the 40 frames of the scan'),
 ])
 def test_counts_below_one_are_refused(scan_file, tmp_path, capsys, arguments, message):

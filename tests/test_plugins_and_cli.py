@@ -95,7 +95,7 @@ def test_cli_solves_a_simulated_scan_and_never_overwrites(tmp_path, capsys):
     (['--object-rate', '-1'], "--object-rate must be a finite number >= 0 or None, got -1.0"),
     (['--network-start', '-2'], "--network-start must be an integer >= 0, got -2"),
     (['--epochs', '0'], "--epochs must be an integer >= 1, got 0"),
-    (['--batch-size', '0'], "--batch-size must be an integer >= 1, got 0"),
+    (['--batch-size', '0'], "--batch-size must be an integer >= 1 or None, got 0"),
 ])
 def test_cli_reports_a_bad_setting_by_name(tmp_path, capsys, arguments, message):
     assert cli.main(['solve', '--simulate', *arguments, '--out', str(tmp_path / 'r.h5')]) == 2

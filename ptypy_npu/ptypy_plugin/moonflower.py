@@ -77,7 +77,7 @@ def true_object(ptycho, scan_label=None):
     label = scan_label or next(iter(ptycho.model.scans))
     scan = ptycho.model.scans[label].ptyscan
     storage = next(iter(ptycho.obj.storages.values()))
-    h, w = scan.geo.shape
+    h, w = next(iter(ptycho.probe.storages.values())).shape[-2:]
     corners = np.array([view.dlow for view in storage.views])
     offsets = corners - np.array([scan.pixel[view.pod.di_view.layer] for view in storage.views])
     values, counts = np.unique(offsets, axis=0, return_counts=True)
