@@ -1,4 +1,4 @@
-"""The full training state on disk: every parameter and optimizer state by name, plus counters.
+"""A solver's full training state on disk: every parameter and optimizer state by name, plus counters.
 
 MindSpore checkpoints (``.ckpt``) with optimizer moments give a bitwise-identical resume. Written
 atomically (:func:`ptypy_npu.files.atomic_output`), so a crash while saving never leaves a broken
@@ -19,21 +19,29 @@ def check_path(path, key='checkpoint.path'):
         raise SettingError(key, f"must end in .ckpt, got {path!r}")
 
 
-def save(path, parameters, counters, rng):
-    """Write ``parameters`` ({name: Parameter}), ``counters`` ({name: int}) and the numpy Generator
-    ``rng``'s state to ``path`` (.ckpt), replacing an earlier checkpoint there."""
+def save(solver, path):
+    """Save a :class:`~ptypy_npu.solver.JointSolver`'s network, object, probe, every optimizer's state, its
+    epoch, steps taken and shuffling RNG state to ``path`` (.ckpt), replacing an earlier checkpoint there.
+    In a distributed run all ranks hold the same state and rank 0 alone writes it."""
     check_path(path)
-    entries = [{'name': name, 'data': p} for name, p in parameters.items()]
+    if solver.communicator.rank != 0:
+        return
+    entries = [{'name': name, 'data': p} for name, p in solver.named_parameters().items()]
+    counters = {'epoch': solver.epoch, 'steps_taken': solver.steps_taken,
+                'rng_state': json.dumps(solver.rng.bit_generator.state)}
     with atomic_output(str(path), force=True, what='checkpoint') as temporary:
-        ms.save_checkpoint(entries, temporary, append_dict={**counters,
-                                                          'rng_state': json.dumps(rng.bit_generator.state)})
+        ms.save_checkpoint(entries, temporary, append_dict=counters)
 
 
-def load(path, parameters, counters, rng):
-    """Restore :func:`save` into ``parameters`` (in place) and ``rng``; returns the counters, whose
-    names ``counters`` lists. ``ValueError`` naming what does not match."""
+def resume(solver, path):
+    """Restore :func:`save` into a fresh solver built with the same data and settings (a compiled
+    MindSpore step does not see parameters reloaded after it ran); ``ValueError`` naming what does
+    not match, ``RuntimeError`` for a solver that has run."""
+    if solver.steps_taken:
+        raise RuntimeError("a checkpoint is resumed into a fresh solver: this one has already run")
     state = ms.load_checkpoint(str(path))
-    missing = [name for name in list(parameters) + list(counters) + ['rng_state'] if name not in state]
+    parameters = solver.named_parameters()
+    missing = [name for name in list(parameters) + ['epoch', 'steps_taken', 'rng_state'] if name not in state]
     if missing:
         raise ValueError(f"checkpoint {path} does not match this solver: it lacks {missing[:5]}")
     wrong = [name for name, p in parameters.items() if tuple(state[name].shape) != tuple(p.shape)]
@@ -41,5 +49,5 @@ def load(path, parameters, counters, rng):
         raise ValueError(f"checkpoint {path} does not match this solver: shapes of {wrong[:5]} differ")
     for name, param in parameters.items():
         ops.assign(param, state[name])
-    rng.bit_generator.state = json.loads(str(state['rng_state']))
-    return {name: int(state[name].asnumpy()) for name in counters}
+    solver.rng.bit_generator.state = json.loads(str(state['rng_state']))
+    solver.epoch, solver.steps_taken = int(state['epoch'].asnumpy()), int(state['steps_taken'].asnumpy())

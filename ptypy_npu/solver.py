@@ -17,7 +17,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from . import checkpoints, physics
+from . import physics
 from .device import COMPUTE_TYPES, select_device
 from .batches import Shards
 from .distributed import SingleProcess, allreduce_tensors
@@ -37,9 +37,9 @@ LOSS_SCALE = (2.0 ** 16, 2, 2000)
 DIVERGENCE_FACTOR = 10.0
 
 #: What the first epoch of each step announces: it compiles the step's graphs first.
-COMPILING = {False: "epoch {epoch}: compiling the object and probe step (a few seconds)",
-             True: "epoch {epoch}: the network joins; compiling its step (a few seconds); its epochs cost "
-                   "several times the physics-only ones"}
+COMPILING = {False: "compiling the object and probe step (a few seconds)",
+             True: "compiling the step with the network (a few seconds); once it joins, its epochs cost several "
+                   "times the physics-only ones"}
 
 
 class Phase(typing.NamedTuple):
@@ -152,6 +152,7 @@ class JointSolver:
         epoch runs again; after ``max_divergences`` such rollbacks in a row the last good state is
         restored and ``FloatingPointError`` raised. ``report(solver)`` is called after every epoch.
         """
+        self.compile()
         for _ in range(epochs):
             good = self.state()
             for attempt in range(self.settings.max_divergences + 1):
@@ -184,9 +185,6 @@ class JointSolver:
         start = self.settings.probe_update.start
         probe_on = Tensor(np.float32(start is not None and self.epoch >= start))
         phase = self.phase
-        if phase.start not in self._compiled:
-            self._compiled.add(phase.start)
-            logger.info(COMPILING[phase is not self.phases[0]].format(epoch=self.epoch + 1))
         losses = []
         for batch in self.shards.epoch(self.settings.batch_size, self.rng):
             inputs = self._inputs(batch)
@@ -199,6 +197,19 @@ class JointSolver:
             if not math.isfinite(losses[-1]):
                 break
         return losses
+
+    def compile(self):
+        """Compile every phase's step (a few seconds each; announced): one step on the first frames, then
+        every parameter and state back as it was. :meth:`run` does it first; a caller timing the
+        epochs (the PtyPy engine's ``prepare``) does it before."""
+        probe_on = Tensor(np.float32(0.0))
+        for phase in self.phases:
+            if phase.start not in self._compiled:
+                logger.info(COMPILING[phase is not self.phases[0]])
+                state, batch = self.state(), self.shards.in_order(len(self.indices), self.settings.batch_size)[0]
+                phase.step(*self._inputs(batch), probe_on)
+                self.restore(state)
+                self._compiled.add(phase.start)
 
     def _inputs(self, batch):
         return (Tensor(self.amplitudes[batch]), Tensor(self.data.intensities[batch]), Tensor(self.mask[batch]),
@@ -239,7 +250,7 @@ class JointSolver:
             ops.assign(param, Tensor(state[name]))
 
     def _diverged(self, losses):
-        """(whether the last epoch diverged (see :meth:`run`), its mean Fourier error over all processes)."""
+        """(whether the last epoch diverged (:meth:`run`), its mean Fourier error over all processes)."""
         trained = sum(float(ops.square(p).sum().asnumpy()) for optimizer in self.optimizers for p in optimizer.parameters)
         total, count = self.communicator.allreduce(np.array([self.errors[:, 0].sum(), len(self.errors)], np.float32))
         fourier = float(total / count)
@@ -254,25 +265,6 @@ class JointSolver:
             _, fourier, photon, _ = objective(*self._inputs(batch))
             errors[batch, 0], errors[batch, 1] = fourier.asnumpy(), photon.asnumpy()
         return errors
-
-    def save_checkpoint(self, path):
-        """Save network, object, probe, every optimizer's state, the epoch and the shuffling RNG state
-        to ``path`` (.ckpt). In a distributed run all ranks hold the same state and rank 0 writes it."""
-        checkpoints.check_path(path)
-        if self.communicator.rank == 0:
-            checkpoints.save(path, self.named_parameters(), {'epoch': self.epoch, 'steps_taken': self.steps_taken},
-                             self.rng)
-
-    def load_checkpoint(self, path):
-        """Restore :meth:`save_checkpoint` into this solver; only before it first runs.
-
-        A compiled MindSpore step does not see parameters reloaded after it ran, so resuming
-        always starts from a fresh solver built with the same data and settings.
-        """
-        if self.steps_taken:
-            raise RuntimeError("load_checkpoint needs a fresh solver: this one has already run")
-        counters = checkpoints.load(path, self.named_parameters(), ['epoch', 'steps_taken'], self.rng)
-        self.epoch, self.steps_taken = counters['epoch'], counters['steps_taken']
 
     @property
     def object(self):

@@ -8,7 +8,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from helpers import SMALL_NETWORK, make_solver
 
-from ptypy_npu import plugins
+from ptypy_npu import checkpoints, plugins
 from ptypy_npu.optim import AdaHessian, AdamW, HessianVectorProduct, Lion
 from ptypy_npu.simulate import simulate_scan
 
@@ -249,13 +249,13 @@ def test_solver_state_with_optimizer_moments_restores_exactly(tmp_path):
     uninterrupted.run(3)
     first = make_solver(data, overrides)
     first.run(2)
-    first.save_checkpoint(str(tmp_path / 'state.ckpt'))
+    checkpoints.save(first, str(tmp_path / 'state.ckpt'))
     resumed = make_solver(data, overrides)
-    resumed.load_checkpoint(str(tmp_path / 'state.ckpt'))
+    checkpoints.resume(resumed, str(tmp_path / 'state.ckpt'))
     assert resumed.epoch == 2
     resumed.run(1)
     # equal to the last bits the CPU kernels' threading leaves (measured: 2 of 3422 pixels differ by 4e-12)
     np.testing.assert_allclose(resumed.object, uninterrupted.object, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(resumed.probe, uninterrupted.probe, rtol=1e-6, atol=1e-9)
     with pytest.raises(RuntimeError, match='fresh solver'):
-        resumed.load_checkpoint(str(tmp_path / 'state.ckpt'))
+        checkpoints.resume(resumed, str(tmp_path / 'state.ckpt'))

@@ -166,7 +166,7 @@ def test_a_diverging_epoch_is_rolled_back_with_halved_rates(scan):
         solver.run(1)
     assert solver.epoch == 2 and np.isfinite(solver.object).all()
     objects, probes = solver.optimizers
-    assert float(objects.learning_rate.asnumpy()) == pytest.approx(1.5 / 2)
+    assert float(objects.learning_rate.asnumpy()) == pytest.approx(1.0 / 2)
     assert float(probes.learning_rate.asnumpy()) == pytest.approx(1.0 / 2)
 
 

@@ -207,13 +207,14 @@ class W1Net(BaseEngine):
         checkpoint = s.checkpoint.path
         if s.checkpoint.resume and checkpoint is not None and os.path.exists(checkpoint):
             try:
-                self.solver.load_checkpoint(checkpoint)
+                checkpoints.resume(self.solver, checkpoint)
             except (ValueError, RuntimeError) as error:
                 raise self._refuse('checkpoint.path', f"cannot be resumed: {error}") from error
             self.curiter = self.solver.epoch
             logger.info(f"W1Net: resumed from {checkpoint} at epoch {self.curiter}")
         logger.info(f"W1Net: {len(self._view_ids)} frames, object {data.obj.shape}, "
                     f"{data.probe.shape[0]} probe mode(s), network {s.network.name}")
+        self.solver.compile()  # here, so that PtyPy's iteration times hold no compilation
 
     def _solver(self, data, s, input_scale=None):
         return self._checked(lambda: JointSolver(data, s, plugins.factories(s), input_scale=input_scale,
@@ -236,7 +237,7 @@ class W1Net(BaseEngine):
         checkpoint = self.settings.checkpoint
         if checkpoint.path is not None and (self.solver.epoch % checkpoint.interval == 0 or
                                             self.curiter >= self.numiter):
-            self.solver.save_checkpoint(checkpoint.path)
+            checkpoints.save(self.solver, checkpoint.path)
         return dict(zip(self._view_ids, errors))
 
     def _write_back(self):
