@@ -1,25 +1,27 @@
-"""Adam, AdamW, Lion and AdaHessian side by side on the W1Net engine's joint step.
+"""Adam, AdamW, Lion and AdaHessian side by side: step cost, convergence, robustness, the joint setting.
 
-    ONEDNN_MAX_CPU_ISA=AVX2 GLOG_v=3 python benchmarks/optimizers.py [--epochs 30]
+    ONEDNN_MAX_CPU_ISA=AVX2 GLOG_v=3 python benchmarks/optimizers.py [--parts cost convergence joint robustness]
 
-1. Step cost: each optimizer trains the network group of the default joint step
-   (network on, 128-px frames, batch 8) on a simulated scan. The timed solvers share one
-   process and take turns epoch by epoch (``--rounds`` turns each, default 30), so drifts of the
-   machine's speed hit them alike; each optimizer's peak memory (max RSS) is measured in a
-   process of its own. Prints ms per step and the ratio to Adam, with each round's ratio.
-   AdaHessian is timed with its Hessian estimate refreshed every step (the paper's
-   setting, also the solver's default ``hessian_interval``) and every 10 steps.
-   Targets: Lion <= 1.0x Adam, AdaHessian <= 2.5x Adam.
-2. Convergence on MoonFlowerScan (needs PtyPy), from PtyPy's initial object and probe:
-   the epochs and wall time each optimizer needs to reach a common object error (against
-   the simulated object), first in the engine's joint step (network on from the first
-   epoch; the optimizer refines network, object and probe, except AdaHessian, which
-   refines the network there, see ``_cases``), then with the network off (object and
-   probe only), beside the engine's default (Adam for the network, illumination-normalised
-   SGD for object and probe). Every optimizer runs at its rate in
-   ``ptypy_npu.settings.DEFAULT_LEARNING_RATES``. Wall time counts graph compilation. A run
-   whose divergence guard gave up is printed as "diverged", with the epoch.
-   Target: Lion or AdaHessian reaches it in less wall time than Adam.
+1. ``cost``: ms per step of each optimizer, its solvers taking turns epoch by epoch in one process
+   (``--rounds`` turns each), so drifts of the machine's speed hit them alike: on the network group of
+   the joint step (128-px frames, batch 8; peak memory of a process per optimizer), and on object and
+   probe (the physics-only step, 128-px frames, batch 8; AdaHessian at the refresh interval the
+   settings document, 1, and at 4). Target: AdaHessian <= 2.5x Adam.
+2. ``convergence`` on MoonFlowerScan (161 frames of 128 px, 1e8 photons; needs PtyPy), from PtyPy's
+   initial object and probe: epochs and wall time (compilation included) to object error 0.15, the
+   optimizers taking turns epoch by epoch; object and probe only (network off), then the joint step
+   (network on from epoch 0). Every optimizer runs at its defaults (``ptypy_npu.settings``). Targets:
+   AdaHessian on object and probe within 1.2x the epochs of the sgd default and in less wall time than
+   Adam; Lion in less wall time than Adam in the joint step.
+3. ``joint`` (MoonFlowerScan, needs PtyPy): the mission's setting, Lion on the network and AdaHessian on
+   object and probe, against the engine's default (Adam on the network, sgd on object and probe), both
+   with the network from epoch 5, ``--joint-epochs`` epochs: the wall time Lion + AdaHessian needs to
+   reach the default's final error. Target: no more than the default's.
+4. ``robustness``: AdaHessian against Adam on object and probe (network off) on simulated scans of 64
+   and 128 px at 1e5, 1e7 and 1e9 photons, 30 epochs each. Target: it never diverges and ends at or
+   below Adam's error.
+
+A run whose divergence guard gave up is printed as "diverged", with its epoch.
 """
 import argparse
 import json
@@ -31,28 +33,49 @@ import time
 import numpy as np
 
 from ptypy_npu import settings
+from ptypy_npu.metrics import illuminated_region, registered_error
 from ptypy_npu.plugins import build_solver
+from ptypy_npu.simulate import simulate_scan
 
 OPTIMIZERS = ('adam', 'adamw', 'lion', 'adahessian')
-#: AdaHessian's refresh interval in the convergence runs: the one that meets its step-cost target.
-CONVERGENCE_HESSIAN_INTERVAL = 10
+#: AdaHessian's refresh interval on the network in the joint runs (the paper's every step costs ~4x Adam's).
+NETWORK_HESSIAN_INTERVAL = 10
+#: The settings each group of optimizer labels stands for.
+PHYSICS = {'network.name': None}
 
 
-def _step_cost_solver(name, hessian_interval):
-    """A solver of the step-cost part, with ``name`` on the network group, and its steps per epoch."""
-    from ptypy_npu.simulate import simulate_scan
+def with_optimizer(name, groups, **more):
+    """Settings overrides putting optimizer ``name`` on ``groups`` ('network', 'object', 'probe')."""
+    return {**{f"{group}_update.optimizer": name for group in groups}, **more}
+
+
+def cost_solver(overrides):
+    """A solver of the cost part (128-px frames, batch 8) and its steps per epoch."""
     data, _ = simulate_scan(frame_size=128, count=64, photons=1e7)
-    chosen = settings.make({'network_update.optimizer': name, 'network.start': 0, 'batch_size': 8,
-                            'hessian_interval': hessian_interval})
+    chosen = settings.make({'batch_size': 8, 'network.start': 0, **overrides})
     return build_solver(data, chosen), -(-len(data.positions) // chosen.batch_size)
 
 
+COST_RUNS = {
+    'network group': {
+        'adam': with_optimizer('adam', ['network']), 'adamw': with_optimizer('adamw', ['network']),
+        'lion': with_optimizer('lion', ['network']), 'adahessian': with_optimizer('adahessian', ['network']),
+        f'adahessian/{NETWORK_HESSIAN_INTERVAL}': with_optimizer('adahessian', ['network'],
+                                                                 hessian_interval=NETWORK_HESSIAN_INTERVAL)},
+    'object and probe': {
+        'sgd (default)': dict(PHYSICS), 'adam': with_optimizer('adam', ['object', 'probe'], **PHYSICS),
+        'lion': with_optimizer('lion', ['object', 'probe'], **PHYSICS),
+        'adahessian': with_optimizer('adahessian', ['object', 'probe'], **PHYSICS),
+        'adahessian/4': with_optimizer('adahessian', ['object', 'probe'], hessian_interval=4, **PHYSICS)},
+}
+
+
 def step_times(runs, rounds):
-    """{label: [(wall ms, CPU ms) per step, one per round]} of the ``runs`` {label: (name, interval)},
-    their solvers taking turns epoch by epoch in this process after one compiling epoch each."""
-    solvers = {label: _step_cost_solver(*run) for label, run in runs.items()}
+    """{label: [(wall ms, CPU ms) per step, one per round]} of the ``runs`` {label: overrides}, their
+    solvers taking turns epoch by epoch in this process after one compiling epoch each."""
+    solvers = {label: cost_solver(overrides) for label, overrides in runs.items()}
     for solver, _ in solvers.values():
-        solver.run(1)  # compile
+        solver.run(1)
     times = {label: [] for label in runs}
     for _ in range(rounds):
         for label, (solver, steps) in solvers.items():
@@ -63,22 +86,34 @@ def step_times(runs, rounds):
     return times
 
 
-def peak_memory(name, hessian_interval):
-    """Worker: this process's peak RSS (MB) after compiling and running two epochs with ``name``."""
-    solver, _ = _step_cost_solver(name, hessian_interval)
+def peak_memory(overrides):
+    """Worker: this process's peak RSS (MB) after compiling and running two epochs of ``overrides``."""
+    solver, _ = cost_solver(overrides)
     solver.run(2)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def convergence(epochs, target):
-    """Epochs and wall time each optimizer needs to reach ``target``, per case of :func:`_cases`.
+def report_cost(rounds):
+    for part, runs in COST_RUNS.items():
+        memory = {}
+        if part == 'network group':
+            memory = {label: json.loads(subprocess.run([sys.executable, __file__, '--worker', json.dumps(overrides)],
+                                                       capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+                      for label, overrides in runs.items()}
+        times = step_times(runs, rounds)
+        print(f"\n== step cost, {part}, 128-px frames, batch 8; mean of {rounds} turns, one epoch each, in turn ==")
+        print(f"{'optimizer':15s} {'ms/step':>8s} {'x Adam':>7s} {'CPU ms':>8s} {'x Adam':>7s} {'peak RSS MB':>12s}")
+        adam_wall, adam_cpu = np.mean(times['adam'], axis=0)
+        for label, measured in times.items():
+            wall, cpu = np.mean(measured, axis=0)
+            rss = f"{memory[label]:12.0f}" if label in memory else f"{'-':>12s}"
+            print(f"{label:15s} {wall:8.1f} {wall / adam_wall:7.2f} {cpu:8.1f} {cpu / adam_cpu:7.2f} {rss}")
 
-    The optimizers of a case run side by side, one epoch each in turn. Returns
-    {case: {label: {'reached': (epochs, seconds) or None, 'best_error', 'time'}}}.
-    """
+
+def moonflower():
+    """(ScanData of MoonFlowerScan as the W1Net engine sees it, truth, region); needs PtyPy."""
     from ptypy import utils as u
     from ptypy.core import Ptycho
-    from ptypy_npu.metrics import registered_error
     from ptypy_npu.ptypy_plugin.engine import W1Net
     from ptypy_npu.ptypy_plugin.moonflower import moonflower_scan, true_object, use_structured_object
     use_structured_object()
@@ -93,96 +128,113 @@ def convergence(epochs, target):
     engine.initialize()
     data, _ = engine.scan_data()
     truth, region = true_object(P)
-    results = {}
-    for case, runs in _cases().items():
-        solvers = {label: build_solver(data, chosen) for label, chosen in runs.items()}
-        results[case] = {label: {'reached': None, 'best_error': None, 'time': 0.0} for label in runs}
-        for epoch in range(1, epochs + 1):
-            # one epoch of each in turn: a drift of the machine's speed hits every optimizer alike
-            for label, solver in solvers.items():
-                r = results[case][label]
-                if r['reached'] or r.get('diverged'):
-                    continue
-                tick = time.perf_counter()
-                try:
-                    solver.run(1)
-                except FloatingPointError:  # the divergence guard gave up
-                    r['diverged'] = epoch
-                    continue
-                r['time'] += time.perf_counter() - tick
-                error = registered_error(solver.object, truth, region)
-                r['best_error'] = error if r['best_error'] is None else min(r['best_error'], error)
-                if r['best_error'] <= target:
-                    r['reached'] = (epoch, r['time'])
+    return data, truth, region
+
+
+def race(data, truth, region, runs, epochs, target=None):
+    """Every run of ``runs`` {label: overrides} for ``epochs`` epochs, one epoch each in turn, timing
+    compilation with the first. Returns {label: {'errors': [per epoch], 'times': [cumulative s],
+    'diverged': epoch or None}}; a run stops once it reaches ``target``."""
+    solvers = {label: build_solver(data, settings.make(overrides)) for label, overrides in runs.items()}
+    results = {label: {'errors': [], 'times': [], 'diverged': None} for label in runs}
+    for epoch in range(1, epochs + 1):
+        for label, solver in solvers.items():
+            r = results[label]
+            if r['diverged'] or (target and r['errors'] and min(r['errors']) <= target):
+                continue
+            tick = time.perf_counter()
+            try:
+                solver.run(1)
+            except FloatingPointError:  # the divergence guard gave up
+                r['diverged'] = epoch
+                continue
+            r['times'].append((r['times'][-1] if r['times'] else 0.0) + time.perf_counter() - tick)
+            r['errors'].append(registered_error(solver.object, truth, region))
     return results
 
 
-def _cases():
-    """{case: {label: Settings}} of the convergence runs.
+def first_reaching(result, target):
+    """(epochs, seconds) of the first epoch at or below ``target``, or None."""
+    return next(((k + 1, t) for k, (e, t) in enumerate(zip(result['errors'], result['times'])) if e <= target), None)
 
-    AdaHessian's object and probe estimate must come from the batch it steps on (a
-    refresh on other frames leaves the newly lit pixels' curvature at 0, and the step
-    diverges), so it refreshes every step on them; in the joint step it refines the network
-    (refreshed every ``CONVERGENCE_HESSIAN_INTERVAL`` steps) beside the default object and probe.
-    """
-    def case(name, network, object_name=None, hessian_interval=1):
-        object_name = object_name or name
-        overrides = {'network.start': 0, 'object_update.optimizer': object_name,
-                     'probe_update.optimizer': object_name, 'hessian_interval': hessian_interval}
-        if network:
-            overrides['network_update.optimizer'] = name
-        else:
-            overrides['network.name'] = None
-        return settings.make(overrides)
-    joint = {'engine default': case('adam', True, 'sgd')}
-    joint.update({name: case(name, True) for name in ('adam', 'adamw', 'lion')})
-    joint['adahessian (network)'] = case('adahessian', True, 'sgd', CONVERGENCE_HESSIAN_INTERVAL)
-    return {'joint W1Net step (network on from epoch 0; each optimizer refines network, object and probe, '
-            'unless named)': joint,
-            'object and probe only (network off)': {name: case(name, False) for name in ('sgd',) + OPTIMIZERS}}
+
+def report_convergence(data, truth, region, epochs, target):
+    cases = {
+        'object and probe only (network off)': {
+            'sgd (default)': dict(PHYSICS), **{name: with_optimizer(name, ['object', 'probe'], **PHYSICS)
+                                              for name in OPTIMIZERS}},
+        'joint step (network on from epoch 0)': {
+            'engine default': {'network.start': 0},
+            **{name: with_optimizer(name, ['network', 'object', 'probe'], **{'network.start': 0})
+               for name in ('adam', 'adamw', 'lion')},
+            'adahessian (network)': with_optimizer('adahessian', ['network'], hessian_interval=NETWORK_HESSIAN_INTERVAL,
+                                                   **{'network.start': 0})},
+    }
+    for case, runs in cases.items():
+        results = race(data, truth, region, runs, epochs, target)
+        print(f"\n== MoonFlowerScan, {case}: epochs / wall time to object error {target} ==")
+        adam = first_reaching(results['adam'], target)
+        for label, r in results.items():
+            reached = first_reaching(r, target)
+            text = f"{reached[0]:4d} epochs {reached[1]:7.1f} s" if reached else 'not reached'
+            ratio = f"{reached[1] / adam[1]:5.2f} x Adam" if reached and adam else ''
+            best = f"best error {min(r['errors']):.4f}" if r['errors'] else 'no epoch finished'
+            diverged = f", diverged in epoch {r['diverged']}" if r['diverged'] else ''
+            print(f"{label:22s} {text:>24s} {ratio:>12s}   {best}{diverged}")
+
+
+def report_joint(data, truth, region, epochs):
+    runs = {'engine default': {'network.start': 5},
+            'lion + adahessian': {'network.start': 5, 'network_update.optimizer': 'lion',
+                                  'object_update.optimizer': 'adahessian', 'probe_update.optimizer': 'adahessian'}}
+    results = race(data, truth, region, runs, epochs)
+    default = results['engine default']
+    final = default['errors'][-1] if default['errors'] else None
+    print(f"\n== MoonFlowerScan, joint step, network from epoch 5, {epochs} epochs ==")
+    for label, r in results.items():
+        reached = first_reaching(r, final) if final is not None else None
+        text = f"{reached[0]} epochs, {reached[1]:.1f} s" if reached else 'not reached'
+        end = f"{r['errors'][-1]:.4f} after {r['times'][-1]:.1f} s" if r['errors'] else '-'
+        diverged = f", diverged in epoch {r['diverged']}" if r['diverged'] else ''
+        print(f"{label:20s} final error {end}; reaches the default's final error {final:.4f} in {text}{diverged}")
+
+
+def report_robustness(epochs):
+    print(f"\n== AdaHessian against Adam on object and probe (network off), simulated scans, {epochs} epochs ==")
+    print(f"{'case':16s} {'adam':>10s} {'adahessian':>12s}")
+    for size in (64, 128):
+        for photons in (1e5, 1e7, 1e9):
+            data, truth = simulate_scan(frame_size=size, count=100 if size == 64 else 60, photons=photons, seed=1)
+            region = illuminated_region(data.probe, data.positions, truth.shape)
+            runs = {name: with_optimizer(name, ['object', 'probe'], **PHYSICS) for name in ('adam', 'adahessian')}
+            results = race(data, truth, region, runs, epochs)
+            cells = [f"diverged@{r['diverged']}" if r['diverged'] else f"{r['errors'][-1]:.4f}" for r in results.values()]
+            print(f"{size:3d} px {photons:7.0e}   {cells[0]:>10s} {cells[1]:>12s}", flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--worker', help=argparse.SUPPRESS)
+    parser.add_argument('--parts', nargs='+', default=['cost', 'convergence', 'joint', 'robustness'],
+                        choices=['cost', 'convergence', 'joint', 'robustness'])
     parser.add_argument('--epochs', type=int, default=30, help='epoch budget of the convergence part')
+    parser.add_argument('--joint-epochs', type=int, default=20, help='epochs of the joint part')
     parser.add_argument('--target', type=float, default=0.15, help='common object error to reach')
-    parser.add_argument('--skip-convergence', action='store_true')
-    parser.add_argument('--rounds', type=int, default=30, help='turns (one epoch each) of the timed optimizers')
+    parser.add_argument('--rounds', type=int, default=10, help='turns (one epoch each) of the timed optimizers')
     args = parser.parse_args()
     if args.worker:
-        name, interval = args.worker.split(':')
-        print(json.dumps(peak_memory(name, int(interval))))
+        print(json.dumps(peak_memory(json.loads(args.worker))))
         return
-    default_interval = settings.Settings().hessian_interval
-    runs = {name: (name, 1) for name in OPTIMIZERS}
-    runs.update({f"adahessian/{i}": ('adahessian', i) for i in sorted({default_interval, 10} - {1})})
-    memory = {label: json.loads(subprocess.run([sys.executable, __file__, '--worker', f"{name}:{interval}"],
-                                               capture_output=True, text=True, check=True).stdout.splitlines()[-1])
-              for label, (name, interval) in runs.items()}
-    times = step_times(runs, args.rounds)
-    print(f"== joint W1Net step (network group), 128-px frames, batch 8; mean of {args.rounds} turns, "
-          "one epoch each, the optimizers taking turns ==")
-    print("(wall ms per step; CPU ms per step, both cores summed, which other load on the machine disturbs less)")
-    print(f"{'optimizer':13s} {'ms/step':>8s} {'x Adam':>7s} {'CPU ms':>8s} {'x Adam':>7s} {'peak RSS MB':>12s}"
-          f"   wall ratios of the rounds")
-    adam_wall, adam_cpu = np.mean(times['adam'], axis=0)
-    for label, rounds in times.items():
-        wall, cpu = np.mean(rounds, axis=0)  # the mean: AdaHessian refreshes in some epochs only
-        ratios = ' '.join(f"{r[0] / a[0]:.2f}" for r, a in zip(rounds, times['adam']))
-        print(f"{label:13s} {wall:8.1f} {wall / adam_wall:7.2f} {cpu:8.1f} {cpu / adam_cpu:7.2f} "
-              f"{memory[label]:12.0f}   {ratios}")
-    if args.skip_convergence:
-        return
-    for case, results in convergence(args.epochs, args.target).items():
-        print(f"\n== MoonFlowerScan, {case}: epochs / wall time to object error {args.target} ==")
-        adam = results['adam']['reached']
-        for name, r in results.items():
-            reached = f"{r['reached'][0]:4d} epochs {r['reached'][1]:7.1f} s" if r['reached'] else 'not reached'
-            ratio = f"{r['reached'][1] / adam[1]:5.2f} x Adam" if r['reached'] and adam else ''
-            best = f"best error {r['best_error']:.4f}" if r['best_error'] is not None else 'no epoch finished'
-            diverged = f", then diverged in epoch {r['diverged']}" if r.get('diverged') else ''
-            print(f"{name:22s} {reached:>24s} {ratio:>12s}   {best}{diverged}")
+    if 'cost' in args.parts:
+        report_cost(args.rounds)
+    if {'convergence', 'joint'} & set(args.parts):
+        scan = moonflower()
+        if 'convergence' in args.parts:
+            report_convergence(*scan, args.epochs, args.target)
+        if 'joint' in args.parts:
+            report_joint(*scan, args.joint_epochs)
+    if 'robustness' in args.parts:
+        report_robustness(30)
 
 
 if __name__ == '__main__':

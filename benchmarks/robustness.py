@@ -23,7 +23,6 @@ import math
 import os
 import time
 
-import numpy as np
 from ptypy import utils as u
 
 from ptypy_npu.comparison import Contestant, score

@@ -58,6 +58,9 @@ class PhysicsObjective(nn.Cell):
         self.data_term = physics.LOSSES[loss]
         self.far_field_weight = physics.LOSS_WEIGHTS[loss]
         self.amplitude_loss = loss == 'gaussian'  # its data term is the Fourier error's numerator
+        # J^T ell'' J in far-field terms: gaussian 2 (dA)(A)/A^2 with dA = Re(conj F dF) / A; poisson 2 (dI / I) F
+        # with dI = 2 Re(conj F dF): the factor of Re(conj F dF) / I in the far-field weight
+        self.gauss_newton_scale = physics.LOSS_CURVATURE[loss]
         self.object_pixels = self.object_re.shape[0]
 
     def patches(self, indices):
@@ -96,15 +99,44 @@ class PhysicsObjective(nn.Cell):
         far_re, far_im, model = f.far_fields(probe_re, probe_im, patch_re, patch_im)
         data_term, fourier, photon = self._errors(model, intensities, mask)
         weight = self.far_field_weight(model, intensities, mask).expand_dims(1)
-        wave_re, wave_im = f.back_propagate(weight * far_re, weight * far_im)  # dL/d(pre P O_j), (B, M, H, W)
+        (wave_re, wave_im), grads = self.back_propagate(weight * far_re, weight * far_im, probe_re, probe_im,
+                                                        patch_re, patch_im, indices)
+        errors = (fourier, photon, ops.zeros_like(fourier))
+        return data_term.sum(), errors, grads, (-wave_re, -wave_im), self.no_prior(patch_re)
+
+    def back_propagate(self, field_re, field_im, probe_re, probe_im, patch_re, patch_im, indices):
+        """``(wave, (object re, im, probe re, im))`` of a far-field field (B, M, H, W) that is some
+        function's gradient with respect to the far fields: its gradient with respect to the pre-applied
+        exit waves (B, M, H, W), and with respect to the flat object and the probe (M, H, W).
+        ``probe_re, probe_im`` are the pre-applied probe, ``patch_re, patch_im`` the batch's patches."""
+        f = self.forward_model
+        wave_re, wave_im = f.back_propagate(field_re, field_im)
         object_re, object_im = conjugate_multiply(probe_re.expand_dims(0), probe_im.expand_dims(0), wave_re, wave_im)
         object_re, object_im = self.scatter(object_re.sum(axis=1), indices), self.scatter(object_im.sum(axis=1), indices)
         tilde_re, tilde_im = conjugate_multiply(patch_re.expand_dims(1), patch_im.expand_dims(1), wave_re, wave_im)
         probe_grad_re, probe_grad_im = conjugate_multiply(f.propagator.pre_re, f.propagator.pre_im,
                                                           tilde_re.sum(axis=0), tilde_im.sum(axis=0))
-        grads = (object_re, object_im, probe_grad_re, probe_grad_im)
-        errors = (fourier, photon, ops.zeros_like(fourier))
-        return data_term.sum(), errors, grads, (-wave_re, -wave_im), self.no_prior(patch_re)
+        return (wave_re, wave_im), (object_re, object_im, probe_grad_re, probe_grad_im)
+
+    def gauss_newton_product(self, intensities, mask, indices, vector):
+        """The generalised Gauss-Newton matrix of the data term times ``vector`` (object re, im flat; probe
+        re, im (M, H, W)), in the same layout: ``J^T ell'' J v``, J the derivative of the model amplitudes
+        (Gaussian loss, ``ell'' = 2``) or intensities (Poisson loss: the Fisher information ``1 / I``)
+        with respect to object and probe. Positive semi-definite by construction; where the model fits
+        the data it is the loss's Hessian without the terms that pull it indefinite (LOSS_CURVATURE)."""
+        f = self.forward_model
+        patch_re, patch_im = self.patches(indices)
+        probe_re, probe_im = f.pre_applied(self.probe_re, self.probe_im)
+        far_re, far_im, model = f.far_fields(probe_re, probe_im, patch_re, patch_im)
+        (object_re, object_im), (probe_change_re, probe_change_im) = self.step_products(
+            indices, vector[:2], vector[2:])
+        change = f.to_complex(object_re + probe_change_re, object_im + probe_change_im)
+        spectrum = ops.fft2(change, norm='ortho')  # J v in the far fields (B, M, H, W)
+        half_intensity_change = (far_re * ops.real(spectrum) + far_im * ops.imag(spectrum)).sum(axis=1)
+        weight = mask * self.gauss_newton_scale * half_intensity_change / (model + physics.AMPLITUDE_EPS)
+        weight = weight.expand_dims(1)
+        return self.back_propagate(weight * far_re, weight * far_im, probe_re, probe_im, patch_re, patch_im,
+                                   indices)[1]
 
     def illuminations(self, indices):
         """``(object_illumination, patch_power)``: ``sum_frames |P|^2`` on each flat object pixel (Ho * Wo,)
@@ -236,3 +268,22 @@ class ObjectiveLoss(nn.Cell):
 
     def construct(self, amplitudes, intensities, mask, indices):
         return self.objective(amplitudes, intensities, mask, indices)[0]
+
+
+class GaussNewtonProduct(nn.Cell):
+    """``G v`` of an objective's data term (:meth:`PhysicsObjective.gauss_newton_product`) for vectors v
+    held in parameters shaped like object re, im and probe re, im (:meth:`set_vectors`), so new vectors
+    reuse the compiled graph. ``construct(amplitudes, intensities, mask, indices)`` returns the tuple."""
+
+    def __init__(self, objective):
+        super().__init__()
+        self.objective = objective
+        weights = ms.ParameterTuple([objective.object_re, objective.object_im, objective.probe_re, objective.probe_im])
+        self.vectors = weights.clone(prefix='gauss_newton_vector', init='zeros')
+
+    def set_vectors(self, vectors):
+        for stored, vector in zip(self.vectors, vectors):
+            ops.assign(stored, vector)
+
+    def construct(self, amplitudes, intensities, mask, indices):
+        return self.objective.gauss_newton_product(intensities, mask, indices, tuple(self.vectors))

@@ -162,34 +162,83 @@ class AdamW(nn.Optimizer):
         return True
 
 
+#: Curvatures an :class:`AdaHessian` estimates the diagonal of: the loss's Hessian (double backpropagation)
+#: or the data term's generalised Gauss-Newton matrix (object and probe only; positive by construction).
+CURVATURES = ('hessian', 'gauss_newton')
+
+
 class AdaHessian(AdamW):
     """AdaHessian (Yao et al. 2021, "ADAHESSIAN: An Adaptive Second Order Optimizer").
 
-    :class:`AdamW`'s update with the curvature c = D, the Hutchinson estimate of the
-    Hessian diagonal ``D = |v * Hv|`` (v Rademacher +-1, Hv by double backpropagation),
-    averaged over the kernel window of convolution weights (4-D parameters), and Hessian
-    power k in (0, 1]. :meth:`refresh_hessian` stores a new D; between refreshes (the
-    solver's ``hessian_interval``) the last D is reused. For the object and probe, D
-    plays the role of the illumination normaliser, which the solver then leaves out.
+    :class:`AdamW`'s update with the curvature c = D, a Hutchinson estimate of a curvature matrix's
+    diagonal (the solver's :class:`~ptypy_npu.step.HessianRefresh` makes it: ``D = |v * Cv|``, v
+    Rademacher +-1, averaged over the kernel window of convolution weights, the paper's spatial
+    averaging, or over ``spatial_window`` px of an image), and Hessian power k in (0, 1].
+    :meth:`refresh_hessian` stores a new D; between refreshes (the solver's ``hessian_interval``)
+    the last D is reused. Two variants:
+
+    * the paper's, for the network: ``curvature='hessian'`` (Cv by double backpropagation), moments
+      and bias correction shared by all elements;
+    * for images (the object and the probe: the solver's defaults there), ``curvature='gauss_newton'``
+      (the data term's Gauss-Newton product, positive; its diagonal is the illumination-weighted
+      curvature ePIE divides by), ``spatial_window`` px and ``lazy=True``: a pixel's moments and its
+      own step count (its bias correction) advance only when a batch lights it (non-zero gradient), as
+      LazyAdam's do, so pixels lit rarely are neither overshot by dense moments nor corrected as if
+      often seen. A refresh keeps the older estimate where its batch lit nothing, and a pixel no
+      refresh has measured yet waits (no step) rather than divide by a zero curvature.
+      ``regularisation`` adds that multiple of the largest D to every D, as the illumination
+      normaliser's delta does.
     """
     needs_hessian = True
 
     def __init__(self, params, learning_rate=0.1, betas=(0.9, 0.999), eps=1e-4, weight_decay=0.0,
-                 hessian_power=1.0):
+                 hessian_power=1.0, lazy=False, curvature='hessian', regularisation=0.0, spatial_window=0):
         super().__init__(params, learning_rate, betas, eps, weight_decay, hessian_power)
+        if curvature not in CURVATURES:
+            raise ValueError(f"curvature must be one of {', '.join(CURVATURES)}, got {curvature!r}")
+        if not isinstance(lazy, bool):
+            raise ValueError(f"lazy must be True or False, got {lazy!r}")
+        if not regularisation >= 0:
+            raise ValueError(f"regularisation must be >= 0, got {regularisation!r}")
+        if isinstance(spatial_window, bool) or not isinstance(spatial_window, int) or spatial_window < 0:
+            raise ValueError(f"spatial_window must be a whole number of pixels >= 0, got {spatial_window!r}")
+        self.lazy, self.curvature, self.regularisation = lazy, curvature, float(regularisation)
+        self.spatial_window = spatial_window
         self.hessian_diagonal = self.parameters.clone(prefix='adahessian_d', init='zeros')
+        if lazy:
+            self.step_counts = self.parameters.clone(prefix='adahessian_t', init='zeros')
 
-    def refresh_hessian(self, hessian_vector_products, probes):
-        """Store ``D = |v * Hv|`` (kernel-averaged for 4-D weights) from probes v and their Hv."""
-        for stored, hv, v in zip(self.hessian_diagonal, hessian_vector_products, probes):
-            diagonal = ops.abs(hv * v)
-            if diagonal.ndim == 4:
-                diagonal = ops.broadcast_to(diagonal.mean(axis=(2, 3), keep_dims=True), diagonal.shape)
+    def refresh_hessian(self, diagonals):
+        """Store the new estimates D (one tensor per parameter); lazy, only where they are measured (> 0)."""
+        for stored, diagonal in zip(self.hessian_diagonal, diagonals):
+            if self.lazy:
+                diagonal = ops.select(diagonal > 0, diagonal, stored)
             ops.assign(stored, diagonal)
         return True
 
     def curvatures(self, gradients):
         return self.hessian_diagonal
+
+    def construct(self, gradients):
+        if not self.lazy:
+            return super().construct(gradients)
+        lr = self.get_lr()
+        for param, moment, curvature_moment, count, diagonal, grad in zip(
+                self.parameters, self.moments, self.curvature_moments, self.step_counts, self.hessian_diagonal,
+                gradients):
+            lit = ops.cast(ops.logical_and(grad != 0, diagonal > 0), grad.dtype)
+            new_count = count + lit
+            new_moment = moment + lit * (1 - self.beta1) * (grad - moment)
+            curvature = diagonal + self.regularisation * diagonal.max()
+            new_curvature_moment = curvature_moment + lit * (1 - self.beta2) * (curvature * curvature - curvature_moment)
+            t = ops.maximum(new_count, 1.0)
+            denominator = ops.pow(new_curvature_moment / (1 - ops.pow(self.beta2, t)), self.half_power) + self.eps
+            update = (new_moment / (1 - ops.pow(self.beta1, t))) / denominator + self.decay * param
+            ops.assign(param, param - lr * lit * update)
+            ops.assign(moment, new_moment)
+            ops.assign(curvature_moment, new_curvature_moment)
+            ops.assign(count, new_count)
+        return True
 
 
 def rademacher_like(params, rng):

@@ -27,15 +27,22 @@ PRECISIONS = ('float32', 'float16', 'bfloat16')
 #: (except AdaHessian's); Lion's sign steps want rates 3-10x smaller than Adam's.
 DEFAULT_LEARNING_RATES = {
     'network_update': {'adam': 2e-3, 'adamw': 2e-3, 'lion': 2e-4, 'adahessian': 0.5},
-    'object_update': {'sgd': 1.0, 'adam': 0.03, 'adamw': 0.02, 'lion': 0.01, 'adahessian': 0.1},
-    'probe_update': {'sgd': 1.0, 'adam': 3.0, 'adamw': 2.0, 'lion': 1.0, 'adahessian': 0.1},
+    'object_update': {'sgd': 1.0, 'adam': 0.03, 'adamw': 0.02, 'lion': 0.01, 'adahessian': 0.5},
+    'probe_update': {'sgd': 1.0, 'adam': 3.0, 'adamw': 2.0, 'lion': 1.0, 'adahessian': 0.5},
 }
 
 #: Options of a built-in optimizer on a group that differ from the optimizer's own defaults,
 #: the measured best on MoonFlowerScan (benchmarks/optimizers.py); a group's own options override them.
 #: Lion on the object: a batch lights few pixels, so Lion leaves the others (zero gradient) alone,
-#: and a shorter moment memory suits pixels whose moment is updated only when lit.
-DEFAULT_OPTIONS = {'object_update': {'lion': {'lazy': True, 'betas': (0.5, 0.9)}}}
+#: and a shorter moment memory suits pixels whose moment is updated only when lit. AdaHessian on object
+#: and probe: the Gauss-Newton curvature averaged over 5 px, lazy per-pixel moments with short memories
+#: (betas 0.5, 0.9: a pixel's curvature follows the batch that lights it), 0.1 of the largest curvature
+#: added (ptypy_npu.optim.AdaHessian); rate 0.5: the Gauss-Newton diagonal is about the illumination, half
+#: the curvature the sgd normaliser divides by.
+_IMAGE_ADAHESSIAN = {'lazy': True, 'curvature': 'gauss_newton', 'regularisation': 0.1, 'spatial_window': 5,
+                     'betas': (0.5, 0.9)}
+DEFAULT_OPTIONS = {'object_update': {'lion': {'lazy': True, 'betas': (0.5, 0.9)}, 'adahessian': _IMAGE_ADAHESSIAN},
+                   'probe_update': {'adahessian': _IMAGE_ADAHESSIAN}}
 
 
 class SettingError(ValueError):

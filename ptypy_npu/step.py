@@ -25,11 +25,13 @@ probe_on)`` and returns the loss of the global batch and the per-frame errors ``
 photon, exit)`` of this process's frames, before the step.
 """
 import mindspore as ms
-from mindspore import nn, ops
+import numpy as np
+from mindspore import Tensor, nn, ops
+from scipy.ndimage import uniform_filter
 
 from . import physics
 from .distributed import allreduce_tensors
-from .objective import ObjectiveLoss
+from .objective import GaussNewtonProduct, ObjectiveLoss
 from .optim import HessianVectorProduct, rademacher_like
 
 #: The longest step, in units of the normalised (projection-like) step.
@@ -46,7 +48,7 @@ class Update(nn.Cell):
 
     ``objective`` supplies the exit-wave changes of unit steps (``step_products``); ``optimizers``
     are the object's, the probe's and the network's (or None); ``optimal_steps`` turns on the
-    step lengths of the groups whose optimizer takes them (``takes_step_lengths``).
+    step lengths when both the object's and the probe's optimizer take them (``takes_step_lengths``).
     """
 
     def __init__(self, objective, optimizers, regularisation, curvature, optimal_steps=True):
@@ -59,8 +61,10 @@ class Update(nn.Cell):
         # second-order optimizers bring their own curvature: no illumination normalisation for them
         self.normalise_object = not getattr(self.object_optimizer, 'needs_hessian', False)
         self.normalise_probe = not getattr(self.probe_optimizer, 'needs_hessian', False)
-        self.object_lengths = optimal_steps and getattr(self.object_optimizer, 'takes_step_lengths', False)
-        self.probe_lengths = optimal_steps and getattr(self.probe_optimizer, 'takes_step_lengths', False)
+        # LSQML's joint system needs both directions' steps: a group with its own step rule (Adam, Lion,
+        # AdaHessian) leaves both groups at their optimizers' own steps
+        self.optimal_steps = optimal_steps and all(getattr(o, 'takes_step_lengths', False)
+                                                   for o in (self.object_optimizer, self.probe_optimizer))
 
     @property
     def optimizers(self):
@@ -83,7 +87,7 @@ class Update(nn.Cell):
         """This process's sums of the step-length system, (5,): ``c <v_O, v_O> + 2 <dO, dO>_w``,
         ``c <v_O, v_P>``, ``c <v_P, v_P>``, ``<r, v_O> + 2 <prior, dO>_w``, ``<r, v_P>``; ``prior`` is
         ``(N - O re, im, weight)`` of the object's prior (zero without one)."""
-        if not (self.object_lengths or self.probe_lengths):
+        if not self.optimal_steps:
             return ops.zeros(5, ms.float32)
         object_direction = (-directions[0], -directions[1])
         (object_re, object_im), (probe_re, probe_im) = self.objective.step_products(
@@ -101,19 +105,15 @@ class Update(nn.Cell):
             (residual[0] * probe_re + residual[1] * probe_im).sum()])
 
     def lengths(self, terms):
-        """Step lengths (object, probe) from the summed ``terms``, clipped to [0, MAX_STEP_LENGTH]: both
-        from the 2 x 2 system, or one with the other group's length 1, or 1 for a group that takes none."""
+        """Step lengths (object, probe) solving the 2 x 2 system of the summed ``terms``, clipped to
+        [0, MAX_STEP_LENGTH]; (1, 1) without ``optimal_steps``."""
+        if not self.optimal_steps:
+            return 1.0, 1.0
         a, b, d, u, v = terms[0], terms[1], terms[2], terms[3], terms[4]
         damping = 1e-6 * (a + d) + 1e-30  # keeps the system regular when the probe is held fixed (d = 0)
         a, d = a + damping, d + damping
-        if self.object_lengths and self.probe_lengths:
-            determinant = a * d - b * b
-            return clipped((u * d - v * b) / determinant), clipped((a * v - b * u) / determinant)
-        if self.object_lengths:
-            return clipped((u - b) / a), 1.0
-        if self.probe_lengths:
-            return 1.0, clipped((v - b) / d)
-        return 1.0, 1.0
+        determinant = a * d - b * b
+        return clipped((u * d - v * b) / determinant), clipped((a * v - b * u) / determinant)
 
     def apply(self, directions, terms):
         """Each optimizer steps along its direction times its length."""
@@ -252,29 +252,71 @@ def make_step(objective, optimizers, settings, communicator, loss_scaler=None, l
     return CompiledStep(update, weights if communicator.size > 1 else None)
 
 
-class HessianRefresh:
-    """New Hutchinson estimates of the Hessian diagonal for a step's second-order optimizers.
+def diagonal_estimate(product, probe, window=0, image_shape=None):
+    """The Hutchinson estimate ``|v * Cv|`` of a curvature diagonal from a Rademacher ``probe`` v and its
+    ``product`` Cv: averaged over the kernel window of a 4-D convolution weight (the paper's spatial
+    averaging), or, with ``window`` px, over the neighbourhood of each measured pixel of an image
+    (the last two axes, or ``image_shape`` for a flat object), unmeasured (zero) pixels left out."""
+    diagonal = np.abs(product.asnumpy() * probe.asnumpy())
+    if diagonal.ndim == 4:
+        diagonal = np.broadcast_to(diagonal.mean(axis=(2, 3), keepdims=True), diagonal.shape)
+    elif window:
+        image = diagonal.reshape(image_shape or diagonal.shape)
+        size = (1,) * (image.ndim - 2) + (window, window)
+        measured = uniform_filter((image > 0).astype(np.float64), size, mode='constant')
+        averaged = uniform_filter(image.astype(np.float64), size, mode='constant')
+        diagonal = np.where(image > 0, averaged / np.maximum(measured, 1e-12), 0.0).reshape(diagonal.shape)
+    return Tensor(np.ascontiguousarray(diagonal, np.float32))
 
-    ``refresh(inputs, rng)`` draws Rademacher vectors v, computes ``H v`` of the step's loss on
-    ``inputs`` (summed over the processes) and hands each optimizer its part. Does nothing when
-    the step has no optimizer with ``needs_hessian``.
+
+class HessianRefresh:
+    """New Hutchinson estimates of the curvature diagonals for a step's second-order optimizers.
+
+    ``refresh(inputs, rng)`` draws Rademacher vectors v and hands each optimizer the estimates
+    :func:`diagonal_estimate` makes from ``C v``, C its curvature summed over the processes: the
+    loss's Hessian by double backpropagation (``curvature='hessian'``), or the data term's
+    Gauss-Newton matrix written out (``'gauss_newton'``, object and probe only, one of them per refresh
+    in turn, each with its own vector: a vector over both would add the noise of their coupling; the
+    object, flat, is averaged as an ``object_shape`` image). Does nothing without a second-order
+    optimizer.
     """
 
-    def __init__(self, step, communicator):
-        self.optimizers = [o for o in step.update.optimizers if getattr(o, 'needs_hessian', False)]
-        self.parameters = [p for o in self.optimizers for p in o.parameters]
+    def __init__(self, step, communicator, object_shape):
+        second_order = [o for o in step.update.optimizers if getattr(o, 'needs_hessian', False)]
+        self.exact = [o for o in second_order if o.curvature == 'hessian']
+        # object and probe slots (re, im) in the Gauss-Newton product's layout
+        slots = {id(step.update.object_optimizer): (0, 1), id(step.update.probe_optimizer): (2, 3)}
+        self.gauss_newton = [(o, slots.get(id(o))) for o in second_order if o.curvature == 'gauss_newton']
+        if any(slot is None for _, slot in self.gauss_newton):
+            raise ValueError("network_update.options: curvature 'gauss_newton' is the data term's, for object and "
+                             "probe; the network's AdaHessian takes 'hessian'")
         self.communicator = communicator
-        self.product = (HessianVectorProduct(ObjectiveLoss(step.objective), self.parameters)
-                        if self.optimizers else None)
+        self.image_shapes = (object_shape, object_shape, None, None)
+        self.parameters = [p for o in self.exact for p in o.parameters]
+        self.product = HessianVectorProduct(ObjectiveLoss(step.objective), self.parameters) if self.exact else None
+        self.gauss_newton_product = GaussNewtonProduct(step.objective) if self.gauss_newton else None
+        self.refreshes = 0
 
     def refresh(self, inputs, rng):
-        if self.product is None:
-            return
-        probes = rademacher_like(self.parameters, rng)
-        self.product.set_vectors(probes)
-        products = allreduce_tensors(self.communicator, self.product(*inputs))
-        first = 0
-        for optimizer in self.optimizers:
-            count = len(optimizer.parameters)
-            optimizer.refresh_hessian(products[first:first + count], probes[first:first + count])
-            first += count
+        if self.product is not None:
+            probes = rademacher_like(self.parameters, rng)
+            self.product.set_vectors(probes)
+            products = allreduce_tensors(self.communicator, self.product(*inputs))
+            first = 0
+            for optimizer in self.exact:
+                count = len(optimizer.parameters)
+                optimizer.refresh_hessian([diagonal_estimate(p, v, optimizer.spatial_window) for p, v in
+                                           zip(products[first:first + count], probes[first:first + count])])
+                first += count
+        if self.gauss_newton_product is not None:
+            # one group per refresh, in turn: a vector over both would add the object-probe block's noise
+            optimizer, slot = self.gauss_newton[self.refreshes % len(self.gauss_newton)]
+            self.refreshes += 1
+            shapes = self.gauss_newton_product.vectors
+            probes = [ops.zeros_like(v) for v in shapes]
+            for k, drawn in zip(slot, rademacher_like([shapes[k] for k in slot], rng)):
+                probes[k] = drawn
+            self.gauss_newton_product.set_vectors(probes)
+            products = allreduce_tensors(self.communicator, self.gauss_newton_product(*inputs))
+            optimizer.refresh_hessian([diagonal_estimate(products[k], probes[k], optimizer.spatial_window,
+                                                         self.image_shapes[k]) for k in slot])
