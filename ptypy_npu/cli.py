@@ -13,7 +13,9 @@ input is checked before any compute; a bad one ends the command with one line na
 a diverged run with the reason (exit 3), and nothing is written then.
 """
 import argparse
+import dataclasses
 import logging
+import os
 import sys
 
 from . import __version__, settings
@@ -122,22 +124,25 @@ def _check_outputs(args, png=False):
     return figure
 
 
-def _reconstruct_scan(args, data, truth, reconstruction):
-    """Run ``reconstruction`` (a JointSolver) for the --epochs, with a progress bar and the object
-    error against ``truth`` every 5 epochs; returns it."""
+def _reconstruct_scan(args, data, truth, reconstruction, every_epoch=None):
+    """Run ``reconstruction`` (a JointSolver) up to the ``numiter`` epochs of its settings, with a progress
+    bar (time left) and the object error against ``truth`` every 5 epochs; ``every_epoch(solver)`` after
+    each (a checkpoint). Returns it."""
     from tqdm import tqdm
     from .metrics import illuminated_region, registered_error
     region = None if truth is None else (truth[1] if truth[1] is not None else
                                          illuminated_region(data.probe, data.positions, truth[0].shape))
     epochs = reconstruction.settings.numiter
-    with tqdm(total=epochs, unit='epoch', desc=args.command, dynamic_ncols=True) as bar:
+    with tqdm(total=epochs, initial=reconstruction.epoch, unit='epoch', desc=args.command, dynamic_ncols=True) as bar:
         def report(solver):
             errors = solver.errors.mean(0)
             bar.update(1)
             bar.set_postfix(fourier=f"{errors[0]:.4g}", photon=f"{errors[1]:.4g}", exit=f"{errors[2]:.3g}")
             if truth is not None and (solver.epoch % 5 == 0 or solver.epoch == epochs):
                 bar.write(f"epoch {solver.epoch:4d}  object error {registered_error(solver.object, truth[0], region):.4f}")
-        reconstruction.run(epochs, report=report)
+            if every_epoch is not None:
+                every_epoch(solver)
+        reconstruction.run(max(epochs - reconstruction.epoch, 0), report=report)
     return reconstruction
 
 
@@ -147,11 +152,28 @@ def _solve(args):
     from .plugins import build_solver
     png = _check_outputs(args, args.png)
     chosen = settings_from(args).validate()
-    (data, simulated_truth), = _load_scans(args)
+    model = None
+    if args.model:
+        from .models import load_model
+        model = load_model(args.model, chosen.device)
+    (data, simulated_truth), = _load_scans(args, model)
     truth = _truth(args) or (None if simulated_truth is None else (simulated_truth, None))
-    solver = _reconstruct_scan(args, data, truth, build_solver(data, chosen))
+    options = {}
+    if model is not None:  # warm start: the one-pass reconstruction, and the model's network if one trains
+        model.check(data)
+        data = dataclasses.replace(data, obj=model.reconstruct(data))
+        print(f"started from the one-pass reconstruction of {args.model}", flush=True)
+        if chosen.uses_network:
+            chosen = settings.make({'network': dict(model.sidecar['network'])}, chosen)
+            options['input_scale'] = model.sidecar['input']['scale']
+    solver = build_solver(data, chosen, **options)
+    if model is not None and chosen.uses_network:
+        from .networks import copy_weights, network_weights
+        copy_weights(network_weights(model.network), solver.network)
+    _reconstruct_scan(args, data, truth, solver)
     metadata = {'ptypy_npu_version': __version__, 'input': 'simulated' if args.simulate else str(args.inputs),
-                'epochs': solver.epoch, 'network': str(chosen.network.name), 'loss': chosen.loss}
+                'epochs': solver.epoch, 'network': str(chosen.network.name), 'loss': chosen.loss,
+                'model': str(args.model)}
     save_result(args.out, solver.object, solver.probe, data.positions, metadata, solver.errors, force=args.force)
     print(f"wrote {args.out}")
     if png:
@@ -161,17 +183,55 @@ def _solve(args):
 
 
 def _train_model(args):
+    """One network over the frames of every INPUT scan (one instrument: each keeps its own object)."""
     from .models import save_model
     from .plugins import build_solver
+    from .scan import combine
     chosen = settings_from(args).validate()
     if not chosen.uses_network:
         raise ValueError(f"{_flag('network.name')} none: train saves a network, so it needs one")
     _check_outputs(args)
-    if len(args.inputs) > 1:
-        raise ValueError("train takes one INPUT scan")
-    (data, _), = _load_scans(args)
+    scans = [data for data, _ in _load_scans(args)]
+    for path, data in zip(args.inputs[1:], scans[1:]):
+        if data.frame_shape != scans[0].frame_shape:
+            raise ValueError(f"{path}: its frames {data.frame_shape} differ from {args.inputs[0]}'s "
+                             f"{scans[0].frame_shape}: train takes scans of one instrument")
+    data = combine(scans)[0] if len(scans) > 1 else scans[0]
     solver = _reconstruct_scan(args, data, None, build_solver(data, chosen))
     save_model(args.out, solver.export_network(), force=args.force)
+    print(f"wrote model {args.out}")
+    return 0
+
+
+def _pretrain(args):
+    """A network trained on a corpus simulated with the instrument of ``--like`` (pretraining.py)."""
+    from . import checkpoints
+    from .models import save_model
+    from .pretraining import corpus, instrument, pretraining_solver
+    chosen = settings_from(args).validate()
+    if not chosen.uses_network:
+        raise ValueError(f"{_flag('network.name')} none: pretrain trains a network, so it needs one")
+    _positive('--objects', args.objects)
+    _positive('--frames-per-object', args.frames_per_object)
+    _check_outputs(args)
+    args.inputs, args.frames = [args.like], None
+    (scan, _), = _load_scans(args)
+    if scan.probe is None:
+        raise ValueError(f"--like {args.like} holds no probe: give the instrument's with --probe FILE")
+    machine = instrument(scan)
+    data, truth, card = corpus(machine, args.objects, args.frames_per_object, args.corpus_seed)
+    print(f"corpus: {args.objects} objects x {card['frames_per_object']} frames of {machine['frame_size']} px, "
+          f"{machine['photons']:.3g} photons per frame, step {machine['step_fraction']:.2f} of the frame; "
+          f"{'supervised by the truth' if args.supervision == 'truth' else 'physics only'}", flush=True)
+    solver = pretraining_solver(data, truth, chosen, args.supervision == 'truth')
+    if args.checkpoint and os.path.exists(args.checkpoint):
+        checkpoints.resume(solver, args.checkpoint)
+        print(f"resumed from {args.checkpoint} at epoch {solver.epoch}", flush=True)
+    _reconstruct_scan(args, data, None, solver,
+                      every_epoch=(lambda s: checkpoints.save(s, args.checkpoint)) if args.checkpoint else None)
+    export = solver.export_network()
+    export.training.update(corpus=card, supervision=args.supervision)
+    save_model(args.out, export, force=args.force)
     print(f"wrote model {args.out}")
     return 0
 
@@ -293,10 +353,29 @@ def build_parser():
     solve.add_argument('--simulate', action='store_true', help='simulate a Siemens-star scan instead of INPUT')
     _add_simulation(solve)
     solve.add_argument('--simulation-seed', type=int, default=0, help='seed of the simulated noise')
+    solve.add_argument('--model', help='warm start: begin from this model\'s one-pass reconstruction (and its '
+                                       'network, unless --network none)')
     add_setting_flags(solve)
     solve.set_defaults(run=_solve)
 
-    train = commands.add_parser('train', help='train a network on a scan and save it as a model directory')
+    pretrain = commands.add_parser('pretrain', help="train a network for an instrument on simulated objects with a "
+                                                    "scan's probe, geometry, frame size, dose and scan step")
+    pretrain.add_argument('--like', required=True, help='a scan of the instrument (.cxi/.h5 or .npz)')
+    pretrain.add_argument('--out', required=True, help='model directory to write')
+    pretrain.add_argument('--probe', help="the instrument's probe (.npy, .npz, .cxi/.h5, .ptyr), if --like has none")
+    pretrain.add_argument('--objects', type=int, default=16, help='simulated objects (scans) in the corpus')
+    pretrain.add_argument('--frames-per-object', type=int, help="frames of each simulated scan (default: --like's)")
+    pretrain.add_argument('--corpus-seed', type=int, default=0, help='seed of the corpus (objects and noise)')
+    pretrain.add_argument('--supervision', choices=['truth', 'physics'], default='truth',
+                          help="'truth': learn from the simulated objects and the data; 'physics': from the data "
+                               "alone, the objects reconstructed alongside")
+    pretrain.add_argument('--checkpoint', help='.ckpt file written after every epoch; resumed from when it exists')
+    pretrain.add_argument('--force', action='store_true', help='replace an existing model directory')
+    add_setting_flags(pretrain)
+    pretrain.set_defaults(run=_pretrain)
+
+    train = commands.add_parser('train', help='train one network on the frames of one or more scans of one '
+                                              'instrument and save it as a model directory')
     _add_scan_inputs(train, several=True)
     train.add_argument('--out', required=True, help='model directory to write')
     add_setting_flags(train)

@@ -13,6 +13,7 @@ average), so overlapping frames agree where the probe is bright.
 import json
 import os
 import time
+import warnings
 
 import mindspore as ms
 import numpy as np
@@ -22,12 +23,15 @@ from .device import select_device
 from .distributed import allreduce_arrays
 from .files import atomic_output
 from .networks import copy_weights, network_input, network_weights, predict_patches
-from .scan import add_patches
 
 MODEL_FORMAT = 'ptypy-npu-model/1'
 WEIGHTS_FILE, PROBE_FILE, SIDECAR_FILE = 'weights.safetensors', 'probe.npy', 'model.json'
 #: Relative tolerance when the geometry of a scan is compared with a model's.
 GEOMETRY_TOLERANCE = 1e-3
+#: A scan's mean photons per frame may lie this factor outside the model's training range without a warning.
+DOSE_TOLERANCE = 2.0
+#: Normalised overlap |<P, Q>| / (|P| |Q|) of a scan's probe with the model's below which a warning is given.
+PROBE_OVERLAP = 0.9
 #: Stitched pixels lit by less than this fraction of the peak illumination keep the fill value.
 STITCH_THRESHOLD = 1e-3
 
@@ -79,16 +83,30 @@ class TrainedModel:
         return tuple(self.sidecar['frame_shape'])
 
     def check(self, data):
-        """Raise ``ValueError`` naming what differs between ``data`` (a ScanData) and the model."""
+        """Refuse (``ValueError``) a scan whose frames the network cannot take; warn (``UserWarning``),
+        naming the quantity, where the scan lies outside what the model was trained on: geometry, dose
+        (mean photons per frame beyond a factor 2 of the training range) or probe (normalised overlap
+        with the training probe below 0.9). Returns the warnings' texts."""
         shape = tuple(np.shape(data.intensities)[1:])
         if shape != self.frame_shape:
             raise ValueError(f"model {self.directory} takes {self.frame_shape} frames, the scan has {shape}")
+        notes = []
         for key, trained in self.sidecar['geometry'].items():
             given = data.geometry.get(key)
             if given is not None and trained is not None and \
                     abs(given - trained) > GEOMETRY_TOLERANCE * abs(trained):
-                raise ValueError(f"model {self.directory} was trained with {key} = {trained:.6g} m, "
-                                 f"the scan has {given:.6g} m")
+                notes.append(f"was trained with {key} = {trained:.6g} m, the scan has {given:.6g} m")
+        photons = float(np.mean(np.sum(data.intensities, axis=(1, 2))))
+        low, high = self.sidecar['training'].get('photons_per_frame', [photons, photons])
+        if not low / DOSE_TOLERANCE <= photons <= high * DOSE_TOLERANCE:
+            notes.append(f"was trained at {low:.3g}-{high:.3g} photons per frame, the scan has {photons:.3g}")
+        if data.probe is not None:
+            overlap = probe_overlap(data.probe, self.probe)
+            if overlap < PROBE_OVERLAP:
+                notes.append(f"was trained with another probe (normalised overlap {overlap:.2f} with the scan's)")
+        for note in notes:
+            warnings.warn(f"model {self.directory} {note}: its patches may be poor", UserWarning, stacklevel=2)
+        return notes
 
     def predict(self, intensities, batch_size=64):
         """Object patches, complex (N, H, W), of measured intensities (N, H, W) in photons."""
@@ -98,11 +116,13 @@ class TrainedModel:
         """Stitched object (Ho, Wo) of a ScanData in one pass; unlit pixels keep ``fill`` (default data.obj).
 
         ``communicator`` (:mod:`.distributed`): each rank stitches its own frames and the
-        weighted sums are added over the ranks, so every rank gets the object of all frames.
+        weighted sums are added over the ranks, so every rank gets the object of all frames; the ranks'
+        patches are then not phase-aligned to each other (each rank's mosaic would hold its own phase).
         """
         self.check(data)
+        distributed = communicator is not None and communicator.size > 1
         stream = StreamingReconstruction(self, np.shape(data.obj), data.probe, batch_size,
-                                         fill=data.obj if fill is None else fill)
+                                         fill=data.obj if fill is None else fill, align_phases=not distributed)
         stream.feed(data.intensities, data.positions)
         if communicator is not None:
             stream.numerator, stream.denominator = allreduce_arrays(communicator, [stream.numerator,
@@ -146,16 +166,25 @@ def load_model(directory, device='CPU'):
     return TrainedModel(directory, network, sidecar, probe)
 
 
+def probe_overlap(probe, reference):
+    """The normalised overlap ``|<P, Q>| / (|P| |Q|)`` of two probes' first modes (1: the same up to a
+    complex factor)."""
+    a, b = np.ravel(np.asarray(probe).reshape((-1,) + np.shape(reference)[-2:])[0]), np.ravel(reference[0])
+    return float(np.abs(np.vdot(a, b)) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
 class StreamingReconstruction:
     """Stitches a trained model's patches into an object as frames arrive.
 
     ``feed(frames, positions)`` takes a chunk (frames (B, H, W) photons, positions (B, 2)
     top-left object pixels), as a detector delivers it; :attr:`object` is readable at
     any time. Each patch is weighted by the probe intensity ``w = sum_modes |P|^2``:
-    ``O = sum_j w N_j / sum_j w``.
+    ``O = sum_j w N_j / sum_j w``. A single diffraction pattern cannot fix its patch's global phase,
+    so with ``align_phases`` each patch is first turned by the phase that best matches it to what is
+    already stitched where they overlap (the first patch sets the phase of all).
     """
 
-    def __init__(self, model, object_shape, probe=None, batch_size=64, fill=1.0, report=None):
+    def __init__(self, model, object_shape, probe=None, batch_size=64, fill=1.0, report=None, align_phases=True):
         self.model = model
         probe = model.probe if probe is None else np.asarray(probe)
         self.weight = (np.abs(probe) ** 2).reshape((-1,) + model.frame_shape).sum(0)
@@ -164,6 +193,7 @@ class StreamingReconstruction:
         self.fill = np.broadcast_to(np.asarray(fill, complex), object_shape)
         self.batch_size = batch_size
         self.report = report
+        self.align_phases = align_phases
         self.frames_done = 0
         self.seconds = 0.0
 
@@ -171,8 +201,17 @@ class StreamingReconstruction:
         """Predict and stitch one chunk; returns its frames per second."""
         start = time.perf_counter()
         patches = self.model.predict(frames, self.batch_size)
-        self.numerator += add_patches(self.weight * patches, positions, self.numerator.shape)
-        self.denominator += add_patches(self.weight, positions, self.denominator.shape)
+        h, w = self.model.frame_shape
+        floor = STITCH_THRESHOLD * self.weight.max()
+        for patch, (row, col) in zip(patches, np.asarray(positions, int)):
+            window = np.s_[row:row + h, col:col + w]
+            if self.align_phases:
+                seen = self.denominator[window] > floor
+                match = np.sum((np.conj(patch) * self.numerator[window] * self.weight)[seen]
+                               / self.denominator[window][seen])
+                patch = patch * (match / abs(match) if abs(match) > 0 else 1.0)
+            self.numerator[window] += self.weight * patch
+            self.denominator[window] += self.weight
         elapsed = time.perf_counter() - start
         self.frames_done += len(frames)
         self.seconds += elapsed

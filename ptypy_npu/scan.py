@@ -135,3 +135,29 @@ def illumination(probe, positions, object_shape):
     ``probe`` is (M, H, W) or (H, W) complex."""
     power = np.abs(np.asarray(probe)) ** 2
     return add_patches(power.sum(0) if power.ndim == 3 else power, positions, object_shape)
+
+
+def combine(scans, truths=None):
+    """Several scans of one instrument as one: their objects side by side in one array (each in its own
+    region, a column band of the width of its object), positions moved into their regions, frames and
+    masks stacked; probe, propagator and geometry those of the first scan. With ``truths`` (one complex
+    object per scan, on its scan's grid), also the truths placed alike. Returns ``(ScanData, truth or
+    None, first columns)``."""
+    shapes = {s.frame_shape for s in scans}
+    if len(shapes) != 1:
+        raise ValueError(f"scans to combine must share their frame shape, got {sorted(shapes)}")
+    height = max(np.shape(s.obj)[0] for s in scans)
+    starts = np.cumsum([0] + [np.shape(s.obj)[1] for s in scans])
+    obj = np.ones((height, int(starts[-1])), complex)
+    truth = None if truths is None else np.ones_like(obj)
+    for k, s in enumerate(scans):
+        h, w = np.shape(s.obj)
+        obj[:h, starts[k]:starts[k] + w] = s.obj
+        if truth is not None:
+            truth[:h, starts[k]:starts[k] + w] = truths[k]
+    masks = [np.ones(np.shape(s.intensities), bool) if s.mask is None else np.asarray(s.mask, bool) for s in scans]
+    combined = ScanData(intensities=np.concatenate([np.asarray(s.intensities, np.float32) for s in scans]),
+                        positions=np.concatenate([np.asarray(s.positions) + [0, starts[k]] for k, s in enumerate(scans)]),
+                        probe=scans[0].probe, obj=obj, mask=np.concatenate(masks), propagator=scans[0].propagator,
+                        geometry=dict(scans[0].geometry))
+    return combined, truth, starts[:-1]

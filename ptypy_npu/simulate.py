@@ -6,6 +6,7 @@ Used by the tests, the CLI's ``--simulate`` and the examples. Conventions match
 """
 import numpy as np
 
+from .objects import CLASSES, random_object
 from .scan import ScanData, object_grid, patch_indices
 
 
@@ -70,14 +71,17 @@ def far_field_intensity(probe, patches):
 #: Geometry of simulated scans (m): an 8 keV beam, a detector of 75 um pixels 2 m downstream.
 GEOMETRY = {'wavelength': 1.5498e-10, 'distance': 2.0, 'detector_pixel': 75e-6}
 
-#: Test objects by name: ``make(shape, rng)`` -> complex (Ho, Wo).
-OBJECTS = {'star': lambda shape, rng: siemens_star(shape)}
+#: Test objects by name: ``make(shape, rng)`` -> complex (Ho, Wo): the Siemens star, a random object of
+#: the library (:mod:`ptypy_npu.objects`), or one whose amplitude and phase both come from one class.
+OBJECTS = {'star': lambda shape, rng: siemens_star(shape),
+           'random': lambda shape, rng: random_object(shape, rng)[0],
+           **{name: (lambda shape, rng, name=name: random_object(shape, rng, (name,))[0]) for name in CLASSES}}
 
 
 def simulate_scan(frame_size=64, count=64, step_fraction=0.15, photons=1e6, seed=0, noise=True, obj='star',
                   probe='disc'):
-    """A scan of a test object (:data:`OBJECTS`) with a probe (:data:`PROBES`) on a Fermat spiral of
-    mean step ``step_fraction`` of the frame.
+    """A scan of a test object (:data:`OBJECTS`) with a probe (a name of :data:`PROBES`, or a complex
+    (M, H, W) array, rescaled) on a Fermat spiral of mean step ``step_fraction`` of the frame.
 
     Returns ``(data, truth)``: a :class:`ScanData` whose initial object is 1 and whose initial
     probe is the true probe (as an experiment's probe estimate would be), with the geometry of
@@ -87,10 +91,11 @@ def simulate_scan(frame_size=64, count=64, step_fraction=0.15, photons=1e6, seed
     """
     if obj not in OBJECTS:
         raise ValueError(f"object must be one of {', '.join(OBJECTS)}, got {obj!r}")
-    if probe not in PROBES:
-        raise ValueError(f"probe must be one of {', '.join(PROBES)}, got {probe!r}")
+    if isinstance(probe, str) and probe not in PROBES:
+        raise ValueError(f"probe must be one of {', '.join(PROBES)} or an array, got {probe!r}")
     rng = np.random.default_rng(seed)
-    probe = PROBES[probe](frame_size)
+    probe = PROBES[probe](frame_size) if isinstance(probe, str) else np.asarray(probe, complex).reshape(
+        (-1, frame_size, frame_size))
     positions, object_shape = object_grid(spiral_positions(count, step_fraction * frame_size), (frame_size,) * 2)
     truth = OBJECTS[obj](object_shape, rng)
     patches = truth.ravel()[patch_indices(positions, (frame_size, frame_size), object_shape)]

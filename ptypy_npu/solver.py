@@ -99,7 +99,7 @@ class JointSolver:
         self.optimizers = [self._optimizer(object_pair, 'object_update'), self._optimizer(probe_pair, 'probe_update')]
         physics_step = make_step(PhysicsObjective(object_pair, probe_pair, propagator, settings.loss),
                                  self.optimizers + [None], settings, self.communicator)
-        self.phases = [Phase(0, physics_step, HessianRefresh(physics_step, self.communicator))]  # then the joint one
+        self.phases = [Phase(0, physics_step, HessianRefresh(physics_step, self.communicator, self.object_shape))]
         self.network, self.loss_scaler, self.statistics = None, None, []
         if factories.network is not None:
             self.network = self._network(factories.network, h)
@@ -112,7 +112,8 @@ class JointSolver:
             objective = JointObjective(object_pair, probe_pair, propagator, settings.loss, self.network,
                                        settings.consistency, settings.network_consistency, self.loss_scaler, loss_unit)
             joint_step = make_step(objective, self.optimizers, settings, self.communicator, self.loss_scaler, loss_unit)
-            self.phases.append(Phase(settings.network.start, joint_step, HessianRefresh(joint_step, self.communicator)))
+            refresh = HessianRefresh(joint_step, self.communicator, self.object_shape)
+            self.phases.append(Phase(settings.network.start, joint_step, refresh))
         self.objective = physics_step.objective  # object and probe live here
         self.parts = nn.CellList([phase.step for phase in self.phases])  # names every parameter and state
         self._compiled = set()
@@ -291,6 +292,7 @@ class JointSolver:
     def export_network(self):
         """The trained network as a :class:`NetworkExport` (for :func:`ptypy_npu.models.save_model`)."""
         settings = {'name': self.settings.network.name, **self.settings.network.options()}
+        dose = float(np.mean(self.data.intensities.sum(axis=(1, 2))))  # mean photons per frame
         return NetworkExport(self._require_network(), settings, self.data.frame_shape, self.input_scale, self.probe,
                              dict(self.data.geometry), {'frames': int(len(self.indices)), 'epochs': self.epoch,
-                                                        'loss': self.settings.loss})
+                                                        'loss': self.settings.loss, 'photons_per_frame': [dose, dose]})

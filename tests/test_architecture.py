@@ -16,11 +16,12 @@ ROOT = PACKAGE.parent
 
 #: Every module of the package in its layer, lowest first; a module imports only from its own layer or below.
 LAYERS = {
-    'data (numpy only)': ['__init__', 'settings', 'scan', 'batches', 'gauge', 'files', 'guesses', 'io', 'simulate', 'metrics'],
+    'data (numpy only)': ['__init__', 'settings', 'scan', 'batches', 'gauge', 'files', 'guesses', 'io', 'objects', 'simulate',
+                          'metrics'],
     'core (MindSpore)': ['device', 'distributed', 'physics', 'networks', 'optim', 'objective', 'step', 'checkpoints',
                          'solver'],
     'plugin host': ['hookspecs', 'builtin', 'plugins'],
-    'services': ['models', 'comparison'],
+    'services': ['models', 'comparison', 'pretraining'],
     'PtyPy-facing': ['ptypy_plugin.__init__', 'ptypy_plugin.engine', 'ptypy_plugin.npz_loader', 'ptypy_plugin.simulated_scan',
                      'ptypy_plugin.moonflower', 'ptypy_plugin.runner'],
     'apps': ['cli'],

@@ -50,12 +50,18 @@ def test_a_model_is_never_silently_replaced(trained, tmp_path):
     assert open(os.path.join(directory, 'model.json')).read() == before
 
 
-def test_sidecar_mismatches_are_refused_naming_the_quantity(trained):
+def test_scans_outside_the_model_card_warn_naming_the_quantity_and_wrong_frames_are_refused(trained):
     solver, directory, _ = trained
     model = load_model(directory)
     other_distance = dataclasses.replace(solver.data, geometry=dict(solver.data.geometry, distance=3.0))
-    with pytest.raises(ValueError, match='trained with distance = 2 m, the scan has 3 m'):
+    with pytest.warns(UserWarning, match='trained with distance = 2 m, the scan has 3 m'):
         model.check(other_distance)
+    brighter = dataclasses.replace(solver.data, intensities=solver.data.intensities * 10)
+    with pytest.warns(UserWarning, match='photons per frame'):
+        model.check(brighter)
+    other_probe = dataclasses.replace(solver.data, probe=np.roll(solver.data.probe, 12, axis=1))
+    with pytest.warns(UserWarning, match='another probe'):
+        model.check(other_probe)
     smaller_frames, _ = simulate_scan(frame_size=32, count=8)
     with pytest.raises(ValueError, match=r'takes \(64, 64\) frames, the scan has \(32, 32\)'):
         model.check(smaller_frames)
