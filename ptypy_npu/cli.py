@@ -61,11 +61,11 @@ def add_setting_flags(parser):
                            help=f"{meta['help']}{choices} [{key}; default {default}]")
 
 
-def settings_from(args):
-    """The :class:`~ptypy_npu.settings.Settings` of the flags given (the rest at their defaults; a flag's
-    value may be None, as ``--network none``)."""
+def settings_from(args, defaults=None):
+    """The :class:`~ptypy_npu.settings.Settings` of the flags given (the rest at ``defaults``, {key: value},
+    or the settings' own; a flag's value may be None, as ``--network none``)."""
     given = {name[len('setting:'):]: value for name, value in vars(args).items() if name.startswith('setting:')}
-    return settings.make(given)
+    return settings.make({**(defaults or {}), **given})
 
 
 def _flag(key):
@@ -207,8 +207,8 @@ def _pretrain(args):
     """A network trained on a corpus simulated with the instrument of ``--like`` (pretraining.py)."""
     from . import checkpoints
     from .models import save_model
-    from .pretraining import corpus, instrument, pretraining_solver
-    chosen = settings_from(args).validate()
+    from .pretraining import PRETRAINING_DEFAULTS, corpus, instrument, pretraining_solver
+    chosen = settings_from(args, PRETRAINING_DEFAULTS).validate()
     if not chosen.uses_network:
         raise ValueError(f"{_flag('network.name')} none: pretrain trains a network, so it needs one")
     _positive('--objects', args.objects)
@@ -248,6 +248,7 @@ def _reconstruct(args):
     truth = _truth(args)
     model.check(data)
     stream = StreamingReconstruction(model, data.obj.shape, data.probe, args.batch_size, fill=data.obj,
+                                     propagator=data.propagator,
                                      report=lambda line: print(line, flush=True))
     chunk = args.chunk or len(data.positions)
     obj = stream.run((data.intensities[k:k + chunk], data.positions[k:k + chunk])
@@ -359,7 +360,9 @@ def build_parser():
     solve.set_defaults(run=_solve)
 
     pretrain = commands.add_parser('pretrain', help="train a network for an instrument on simulated objects with a "
-                                                    "scan's probe, geometry, frame size, dose and scan step")
+                                                    "scan's probe, geometry, frame size, dose and scan step",
+                                   description="Defaults differ from solve's where pretraining needs: "
+                                               "--network-input holographic, --batch-size 16.")
     pretrain.add_argument('--like', required=True, help='a scan of the instrument (.cxi/.h5 or .npz)')
     pretrain.add_argument('--out', required=True, help='model directory to write')
     pretrain.add_argument('--probe', help="the instrument's probe (.npy, .npz, .cxi/.h5, .ptyr), if --like has none")

@@ -1,4 +1,5 @@
-"""Initial probe guesses from the measured data alone, for files that carry no probe (numpy only).
+"""Initial guesses from the measured data alone (numpy only): a probe for files that carry none, and
+single-frame object patch estimates for the networks' holographic input.
 
 Most raw beamline files hold frames and positions, not the illumination. What the data tell:
 
@@ -72,3 +73,42 @@ def defocus_candidates(intensities, positions, mask=None):
 
     strength = min(DEFOCUS_GRID, key=lambda s: abs(rms_radius(probe(s)) - target))
     return [probe(sign * strength)[None].astype(np.complex64) for sign in (1, -1)]
+
+
+#: Tikhonov term of :func:`patch_estimates`, a fraction of the brightest probe pixel's power.
+ESTIMATE_REGULARISATION = 0.05
+
+
+def propagate(waves, propagator=None, inverse=False):
+    """PtyPy's far-field propagation ``F = post * fft2(pre * psi) / sqrt(H W)`` of waves (..., H, W), or its
+    inverse; ``propagator`` = (pre, post) unit-modulus (H, W) factors, None for the centred FFT."""
+    axes = (-2, -1)
+    if propagator is None:
+        transform = np.fft.ifft2 if inverse else np.fft.fft2
+        return np.fft.fftshift(transform(np.fft.ifftshift(waves, axes=axes), norm='ortho'), axes=axes)
+    pre, post = propagator
+    if inverse:
+        return np.conj(pre) * np.fft.ifft2(np.conj(post) * waves, norm='ortho')
+    return post * np.fft.fft2(pre * waves, norm='ortho')
+
+
+def patch_estimates(intensities, probe, propagator=None):
+    """The object patch (N, H, W) complex that each frame (N, H, W) tells on its own, as in-line holography
+    does: the measured amplitudes given the phase of the probe's own far field (the frame of a flat
+    object), propagated back; the exit wave's departure from the probe, divided by the probe (Tikhonov,
+    :data:`ESTIMATE_REGULARISATION`), departs from a flat object of 1, so dark pixels stay at 1.
+
+    For a weak object ``1 + d`` this is about ``1 + d/2`` plus a twin image spread by the probe's
+    curvature: a real-space picture that a convolutional network can sharpen, where the frame holds the
+    patch only in reciprocal space. The probe (M, H, W), any units, is rescaled to the mean frame's
+    photons; its first mode's far field gives the phase.
+    """
+    intensities = np.asarray(intensities, float)
+    probe = np.asarray(probe, complex).reshape((-1,) + intensities.shape[-2:])
+    probe = probe * np.sqrt(np.mean(intensities.sum(axis=(1, 2))) / np.sum(np.abs(probe) ** 2))
+    far_field = propagate(probe[0], propagator)
+    phase = far_field / np.maximum(np.abs(far_field), 1e-30)
+    exit_waves = propagate(np.sqrt(np.maximum(intensities, 0)) * phase, propagator, inverse=True)
+    power = np.sum(np.abs(probe) ** 2, axis=0)
+    departure = (exit_waves - probe[0]) * np.conj(probe[0]) / (power + ESTIMATE_REGULARISATION * power.max())
+    return 1 + departure

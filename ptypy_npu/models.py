@@ -22,7 +22,7 @@ from . import __version__, plugins
 from .device import select_device
 from .distributed import allreduce_arrays
 from .files import atomic_output
-from .networks import copy_weights, network_input, network_weights, predict_patches
+from .networks import copy_weights, inputs_for, network_weights, predict_patches
 
 MODEL_FORMAT = 'ptypy-npu-model/1'
 WEIGHTS_FILE, PROBE_FILE, SIDECAR_FILE = 'weights.safetensors', 'probe.npy', 'model.json'
@@ -108,9 +108,13 @@ class TrainedModel:
             warnings.warn(f"model {self.directory} {note}: its patches may be poor", UserWarning, stacklevel=2)
         return notes
 
-    def predict(self, intensities, batch_size=64):
-        """Object patches, complex (N, H, W), of measured intensities (N, H, W) in photons."""
-        return predict_patches(self.network, network_input(intensities, self.sidecar['input']['scale']), batch_size)
+    def predict(self, intensities, batch_size=64, probe=None, propagator=None):
+        """Object patches, complex (N, H, W), of measured intensities (N, H, W) in photons; a holographic
+        network's estimates take ``probe`` (M, H, W) (default the model's) and PtyPy's ``propagator`` factors
+        (default the centred FFT)."""
+        inputs = inputs_for(self.network, intensities, self.sidecar['input']['scale'],
+                            self.probe if probe is None else probe, propagator)
+        return predict_patches(self.network, inputs, batch_size)
 
     def reconstruct(self, data, batch_size=64, fill=None, communicator=None):
         """Stitched object (Ho, Wo) of a ScanData in one pass; unlit pixels keep ``fill`` (default data.obj).
@@ -122,7 +126,8 @@ class TrainedModel:
         self.check(data)
         distributed = communicator is not None and communicator.size > 1
         stream = StreamingReconstruction(self, np.shape(data.obj), data.probe, batch_size,
-                                         fill=data.obj if fill is None else fill, align_phases=not distributed)
+                                         fill=data.obj if fill is None else fill, align_phases=not distributed,
+                                         propagator=data.propagator)
         stream.feed(data.intensities, data.positions)
         if communicator is not None:
             stream.numerator, stream.denominator = allreduce_arrays(communicator, [stream.numerator,
@@ -184,9 +189,11 @@ class StreamingReconstruction:
     already stitched where they overlap (the first patch sets the phase of all).
     """
 
-    def __init__(self, model, object_shape, probe=None, batch_size=64, fill=1.0, report=None, align_phases=True):
+    def __init__(self, model, object_shape, probe=None, batch_size=64, fill=1.0, report=None, align_phases=True,
+                 propagator=None):
         self.model = model
         probe = model.probe if probe is None else np.asarray(probe)
+        self.probe, self.propagator = probe, propagator  # for a holographic network's estimates
         self.weight = (np.abs(probe) ** 2).reshape((-1,) + model.frame_shape).sum(0)
         self.numerator = np.zeros(object_shape, complex)
         self.denominator = np.zeros(object_shape)
@@ -200,7 +207,7 @@ class StreamingReconstruction:
     def feed(self, frames, positions):
         """Predict and stitch one chunk; returns its frames per second."""
         start = time.perf_counter()
-        patches = self.model.predict(frames, self.batch_size)
+        patches = self.model.predict(frames, self.batch_size, self.probe, self.propagator)
         h, w = self.model.frame_shape
         floor = STITCH_THRESHOLD * self.weight.max()
         for patch, (row, col) in zip(patches, np.asarray(positions, int)):

@@ -1,9 +1,10 @@
 """Networks that map diffraction amplitudes to object patches.
 
-Every network takes normalised diffraction amplitudes (B, 1, H, W) float32 and returns
-the object patch those frames saw as ``(log_amplitude, phase)``, each (B, H, W), so the
-patch is ``exp(log_amplitude) * exp(i phase)``: any transmission, and a phase that
-the network does not need to unwrap.
+Every network takes normalised diffraction frames (B, C, H, W) float32 (:func:`network_input`;
+C = 1, or 3 for a network whose ``input_kind`` is 'holographic') and returns the object patch those
+frames saw as ``(log_amplitude, phase)``, each (B, H, W), so the patch is
+``exp(log_amplitude) * exp(i phase)``: any transmission, and a phase that the network does not need
+to unwrap.
 
 Only layers with second-order gradients in MindSpore's graph mode are used (strided
 convolutions, transposed convolutions, BatchNorm, LeakyReLU/Tanh): no pooling, no
@@ -15,6 +16,9 @@ import math
 import numpy as np
 from mindspore import Tensor, nn, ops
 from mindspore.common import dtype as mstype
+
+from .guesses import patch_estimates
+from .settings import NETWORK_INPUTS
 
 #: Frame sizes (detector pixels per side) the built-in networks are designed for.
 FRAME_SIZES = (64, 128, 256)
@@ -42,14 +46,37 @@ class NetworkExport:
     training: dict          # frames, epochs, loss
 
 
-def network_input(intensities, scale):
-    """The networks' input (N, 1, H, W) float32: ``log1p(I) / scale`` of intensities (N, H, W).
+#: Holographic channels are clipped to +-this: where the probe is dark the estimate is noise.
+ESTIMATE_CLIP = 2.0
+#: Frames per chunk of the patch estimates (their FFTs take complex128 copies of the frames).
+ESTIMATE_CHUNK = 256
+
+
+def network_input(intensities, scale, estimates=None):
+    """The networks' input (N, C, H, W) float32 of intensities (N, H, W): channel 0 is ``log1p(I) / scale``;
+    with ``estimates`` (N, H, W) complex patches, channels 1 and 2 are their real part minus 1 and their
+    imaginary part (clipped to +-:data:`ESTIMATE_CLIP`).
 
     The logarithm compresses the dynamic range of diffraction; ``scale`` is the maximum of
     ``log1p(I)`` over the training scan and travels with a trained model, so new scans are
     normalised as the training scan was.
     """
-    return (np.log1p(np.asarray(intensities, np.float32)) / scale)[:, None].astype(np.float32)
+    channels = [np.log1p(np.asarray(intensities, np.float32)) / scale]
+    if estimates is not None:
+        channels += [np.clip(estimates.real - 1, -ESTIMATE_CLIP, ESTIMATE_CLIP),
+                     np.clip(estimates.imag, -ESTIMATE_CLIP, ESTIMATE_CLIP)]
+    return np.stack(channels, axis=1).astype(np.float32)
+
+
+def inputs_for(network, intensities, scale, probe, propagator=None):
+    """The input (N, C, H, W) that ``network`` takes (its ``input_kind``, 'diffraction' when it has none) of
+    frames (N, H, W) photons, for the holographic kind with the probe (M, H, W) and PtyPy's ``propagator``
+    factors (None: the centred FFT)."""
+    if getattr(network, 'input_kind', 'diffraction') == 'diffraction':
+        return network_input(intensities, scale)
+    return np.concatenate([network_input(frames, scale, patch_estimates(frames, probe, propagator))
+                           for frames in np.split(np.asarray(intensities), range(ESTIMATE_CHUNK, len(intensities),
+                                                                                  ESTIMATE_CHUNK))])
 
 
 def predict_patches(network, inputs, batch_size=64):
@@ -108,11 +135,11 @@ def set_compute_precision(network, dtype):
 
 
 def bin_frames(amplitudes, binning):
-    """Sum ``binning x binning`` pixel blocks of (B, 1, H, W) frames -> (B, 1, H/binning, W/binning)."""
+    """Sum ``binning x binning`` pixel blocks of (B, C, H, W) frames -> (B, C, H/binning, W/binning)."""
     if binning == 1:
         return amplitudes
-    b, _, h, w = amplitudes.shape
-    return amplitudes.reshape(b, 1, h // binning, binning, w // binning, binning).sum(axis=(3, 5))
+    b, c, h, w = amplitudes.shape
+    return amplitudes.reshape(b, c, h // binning, binning, w // binning, binning).sum(axis=(3, 5))
 
 
 def check_network_geometry(frame_size, depth, binning):
@@ -146,19 +173,27 @@ class W1Network(nn.Cell):
     binning : int
         Sum ``binning x binning`` detector pixels before the encoder (1, 2, 4), for large
         detectors; the decoders still return full-size (H, W) patches.
+    input : str
+        ``'diffraction'`` (one channel, the frames) or ``'holographic'`` (three: the frames and their
+        patch estimates, :func:`network_input`); the network's ``input_kind``. A holographic network
+        learns a correction of the estimate: its log-amplitude and phase are added to the estimate's,
+        so before any training it returns the estimate itself.
 
     The defaults are the settings' (:class:`ptypy_npu.settings.Network`).
     """
 
-    def __init__(self, frame_size, depth=3, width=8, binning=2):
+    def __init__(self, frame_size, depth=3, width=8, binning=2, input='diffraction'):
         super().__init__()
         check_network_geometry(frame_size, depth, binning)
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"network.width must be an integer >= 1, got {width!r}")
+        if input not in NETWORK_INPUTS:
+            raise ValueError(f"network.input must be one of {', '.join(NETWORK_INPUTS)}, got {input!r}")
         self.frame_size = frame_size
         self.binning = binning
+        self.input_kind = input
         channels = [min(width * 2 ** k, 8 * width) for k in range(depth + 1)]
-        encoder = _conv_block(1, channels[0], 1)
+        encoder = _conv_block(1 if input == 'diffraction' else 3, channels[0], 1)
         for k in range(depth):
             encoder += _conv_block(channels[k], channels[k + 1], 2)
         self.encoder = nn.SequentialCell(encoder)
@@ -179,8 +214,12 @@ class W1Network(nn.Cell):
         return nn.SequentialCell(layers)
 
     def construct(self, amplitudes):
-        """(B, 1, H, W) normalised amplitudes -> (log_amplitude, phase), each (B, H, W)."""
+        """(B, C, H, W) network input -> (log_amplitude, phase), each (B, H, W)."""
         features = self.encoder(bin_frames(amplitudes, self.binning))
         log_amplitude = self.amplitude_decoder(features).squeeze(1)
         phase = 3.14159265 * self.tanh(self.phase_decoder(features).squeeze(1))
+        if self.input_kind == 'holographic':  # the estimate 1 + (re, im) of channels 1 and 2, corrected
+            estimate_re, estimate_im = 1.0 + amplitudes[:, 1], amplitudes[:, 2]
+            log_amplitude = log_amplitude + 0.5 * ops.log(ops.square(estimate_re) + ops.square(estimate_im) + 1e-6)
+            phase = phase + ops.atan2(estimate_im, estimate_re)
         return log_amplitude, phase

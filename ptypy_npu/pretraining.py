@@ -60,20 +60,20 @@ def corpus(machine, objects, frames=None, seed=0):
 
 #: Supervised pretraining: the truth's pull on the network against its own data term. Single-frame phase
 #: retrieval has many local minima; at weight 1 the data term held a 6-object corpus at 0.48 patch error
-#: in 12 epochs, at 100 it reached 0.40 (flat 0.75; /work notes in the README's pretraining section).
+#: in 12 epochs, at 100 it reached 0.40 (flat 0.75).
 SUPERVISED_CONSISTENCY = 100.0
-#: Minibatch of the network's pretraining when the settings leave it to the dose: the dose-adapted batch
-#: (4 at 1e7 photons) suits object steps, while BatchNorm wants more frames per step.
-PRETRAINING_BATCH = 16
+#: Settings where pretraining departs from the engine's defaults, unless given: the holographic input,
+#: the one that transfers to unseen objects (a diffraction-input network did no better than a flat object
+#: on them), and 16-frame batches (the dose-adapted batch, 4 at 1e7 photons, suits object steps; the
+#: network's BatchNorm wants more frames per step).
+PRETRAINING_DEFAULTS = {'network.input': 'holographic', 'batch_size': 16}
 
 
 def pretraining_solver(data, truth, settings, supervised=True):
-    """The solver that trains the network on a corpus: supervised, the object held at ``truth``, the probe
-    fixed and the network learning from the first epoch, mostly from the truth
-    (:data:`SUPERVISED_CONSISTENCY`); else as ``settings`` say. The batch is :data:`PRETRAINING_BATCH`
-    unless ``settings`` give one."""
-    if settings.batch_size is None:
-        settings = settings_module.make({'batch_size': PRETRAINING_BATCH}, settings)
+    """The solver that trains the network on a corpus (with ``settings``, e.g. made over
+    :data:`PRETRAINING_DEFAULTS`): supervised, the object held at ``truth``, the probe fixed and the
+    network learning from the first epoch, mostly from the truth (:data:`SUPERVISED_CONSISTENCY`); else as
+    ``settings`` say."""
     if supervised:
         data = dataclasses.replace(data, obj=truth)
         settings = settings_module.make({'object_update.learning_rate': 0.0, 'probe_update.start': None,

@@ -20,6 +20,8 @@ import typing
 LOSSES = ('gaussian', 'poisson')
 DEVICES = ('CPU', 'GPU', 'Ascend')
 PRECISIONS = ('float32', 'float16', 'bfloat16')
+#: What a network sees: the frames alone, or also each frame's single-shot patch estimate (guesses.patch_estimates).
+NETWORK_INPUTS = ('diffraction', 'holographic')
 
 #: Learning rate of each built-in optimizer per parameter group, the best of sweeps on
 #: MoonFlowerScan (``benchmarks/optimizers.py``); a group whose ``learning_rate`` is None
@@ -78,12 +80,17 @@ class Network:
     width: int = setting(8, 'int', 'Channels of the first encoder stage', lowlim=1, flag='--width')
     binning: int = setting(2, 'int', 'Detector pixels binned per side before the encoder (1, 2 or 4)',
                            lowlim=1, uplim=4, flag='--binning')
+    input: str = setting('diffraction', 'str', "What the network sees: 'diffraction' (the frames, as PtychoNN) or "
+                         "'holographic' (also each frame's back-propagated patch estimate, which transfers to "
+                         "unseen objects; W1Network only)", choices=NETWORK_INPUTS, flag='--network-input')
     start: int = setting(30, 'int', 'Epochs of physics-only refinement (object and probe) before the network joins',
                          lowlim=0, flag='--network-start')
 
     def options(self):
-        """The keyword arguments of the network's factory (everything but name and start)."""
-        return {'depth': self.depth, 'width': self.width, 'binning': self.binning}
+        """The keyword arguments of the network's factory (everything but name and start; ``input`` only when
+        not 'diffraction', so networks that take the frames alone need no such option)."""
+        chosen = {} if self.input == 'diffraction' else {'input': self.input}
+        return {'depth': self.depth, 'width': self.width, 'binning': self.binning, **chosen}
 
 
 _RATE_HELP = "Learning rate; None takes the optimizer's measured default (README, settings.DEFAULT_LEARNING_RATES)"

@@ -22,7 +22,7 @@ from .device import COMPUTE_TYPES, select_device
 from .batches import Shards
 from .distributed import SingleProcess, allreduce_tensors
 from .gauge import fixed_gauge
-from .networks import NetworkExport, network_input, predict_patches, set_compute_precision
+from .networks import NetworkExport, inputs_for, predict_patches, set_compute_precision
 from .objective import JointObjective, PhysicsObjective, parameter_pair
 from .scan import patch_indices
 from .step import HessianRefresh, make_step
@@ -90,7 +90,6 @@ class JointSolver:
         self.indices = patch_indices(self.data.positions, (h, w), self.object_shape)
         brightest = self.communicator.allreduce(np.array([self.data.intensities.max()], np.float32), op='max')
         self.input_scale = float(input_scale or np.log1p(float(brightest[0])))
-        self.amplitudes = network_input(self.data.intensities, self.input_scale)
         self.mask = self.data.mask.astype(np.float32)
         probe = self.data.photon_scaled_probe(self.communicator.allreduce(np.array(self.data.photon_sums(), np.float32)))
         self.probe_power = float(np.sum(np.abs(probe) ** 2))  # photons per frame at transmission 1
@@ -114,6 +113,7 @@ class JointSolver:
             joint_step = make_step(objective, self.optimizers, settings, self.communicator, self.loss_scaler, loss_unit)
             refresh = HessianRefresh(joint_step, self.communicator, self.object_shape)
             self.phases.append(Phase(settings.network.start, joint_step, refresh))
+        self.amplitudes = inputs_for(self.network, self.data.intensities, self.input_scale, probe, self.data.propagator)
         self.objective = physics_step.objective  # object and probe live here
         self.parts = nn.CellList([phase.step for phase in self.phases])  # names every parameter and state
         self._compiled = set()

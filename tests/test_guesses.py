@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from ptypy_npu.guesses import defocus_candidates, pupil_amplitude, rms_radius, scan_step
+from ptypy_npu.guesses import (ESTIMATE_REGULARISATION, defocus_candidates, patch_estimates, propagate,
+                               pupil_amplitude, rms_radius, scan_step)
 from ptypy_npu.simulate import focused_probe, simulate_scan
 
 
@@ -40,3 +41,48 @@ def test_the_pupil_amplitude_is_the_probes_far_field_for_a_flat_object():
     amplitude = pupil_amplitude(frames, mask)
     np.testing.assert_allclose(np.delete(amplitude.ravel(), 5 * 32 + 7), np.delete(np.abs(far).ravel(), 5 * 32 + 7),
                                rtol=1e-6, atol=1e-9)
+
+
+def centred_dft(psi):
+    """The unitary 2-D DFT with zero frequency and the origin at the frame centre, as a matrix product."""
+    n = psi.shape[-1]
+    k = np.arange(n) - n // 2
+    matrix = np.exp(-2j * np.pi * np.outer(k, k) / n) / np.sqrt(n)
+    return matrix @ psi @ matrix.T
+
+
+def test_propagation_is_the_centred_dft_or_ptypys_factored_fft_and_inverts():
+    rng = np.random.default_rng(1)
+    psi = rng.normal(size=(2, 16, 16)) + 1j * rng.normal(size=(2, 16, 16))
+    np.testing.assert_allclose(propagate(psi), centred_dft(psi), atol=1e-12)
+    pre, post = np.exp(1j * rng.uniform(0, 6, (16, 16))), np.exp(1j * rng.uniform(0, 6, (16, 16)))
+    np.testing.assert_allclose(propagate(psi, (pre, post)), post * np.fft.fft2(pre * psi) / 16, atol=1e-12)
+    for factors in (None, (pre, post)):
+        np.testing.assert_allclose(propagate(propagate(psi, factors), factors, inverse=True), psi, atol=1e-12)
+
+
+def test_patch_estimates_of_a_flat_object_are_one_whatever_the_probe_units():
+    probe = focused_probe(32)
+    frames = np.abs(propagate(np.repeat(probe, 3, axis=0))) ** 2 * 1e4
+    np.testing.assert_allclose(patch_estimates(frames, probe * 1e-3), 1.0, atol=1e-5)
+
+
+def test_patch_estimate_of_a_weak_object_is_half_its_departure_plus_the_twin():
+    """First order in d for O = 1 + d: with A = F(P), u = A / |A| (0 where A is), B = F(P d), the measured
+    amplitude is |A| + Re(conj(u) B), so the estimate departs by
+    conj(P) F^-1[|u|^2 B + u^2 conj(B)] / 2 / (|P|^2 + r max|P|^2): half the object, plus its twin.
+    (d has no mean departure, so the photon rescaling is exact; the frames are the first-order ones, as
+    the focused probe's band-limited far field has zeros, where the expansion does not hold.)"""
+    rng = np.random.default_rng(2)
+    probe = focused_probe(32)[0] * 30
+    power = np.abs(probe) ** 2
+    d = 1e-4 * (rng.normal(size=(32, 32)) + 1j * rng.normal(size=(32, 32)))
+    d -= np.sum(power * d.real) / np.sum(power)
+    far = propagate(probe)
+    u = np.where(np.abs(far) > 0, far / np.maximum(np.abs(far), 1e-300), 0)
+    scattered = propagate(probe * d)
+    frames = (np.abs(far) + (np.conj(u) * scattered).real) ** 2
+    halves = propagate(np.abs(u) ** 2 * scattered + u ** 2 * np.conj(scattered), inverse=True) / 2
+    expected = np.conj(probe) * halves / (power + ESTIMATE_REGULARISATION * power.max())
+    estimate = patch_estimates(frames[None], probe[None])[0]
+    np.testing.assert_allclose(estimate - 1, expected, atol=1e-3 * np.abs(expected).max())  # second order: d^2

@@ -103,7 +103,7 @@ def test_stitching_averages_patches_weighted_by_the_probe_intensity(trained):
     weight = (np.abs(model.probe) ** 2).sum(0)
     stream = StreamingReconstruction(model, (64, 96), fill=0)
     stream.model = type('Constant', (), {'frame_shape': (64, 64),
-                                         'predict': staticmethod(lambda frames, size: frames.astype(complex))})
+                                         'predict': staticmethod(lambda frames, size, *physics: frames.astype(complex))})
     stream.feed(np.stack([np.full((64, 64), 2.0), np.full((64, 64), 5.0)]), [(0, 0), (0, 32)])
     w_left, w_right = weight[:, 32:], weight[:, :32]
     lit = (w_left + w_right) > 0.01 * weight.max()

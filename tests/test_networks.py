@@ -25,7 +25,8 @@ def test_untrained_w1net_predicts_free_space():
 @pytest.mark.parametrize('kwargs,parameter', [({'frame_size': 100}, 'binning \\* 2\\*\\*depth'),
                                               ({'frame_size': 64, 'depth': 0}, 'network.depth'),
                                               ({'frame_size': 64, 'binning': 3}, 'network.binning'),
-                                              ({'frame_size': 64, 'width': 0}, 'network.width')])
+                                              ({'frame_size': 64, 'width': 0}, 'network.width'),
+                                              ({'frame_size': 64, 'input': 'image'}, 'network.input')])
 def test_w1net_names_the_setting_it_cannot_take(kwargs, parameter):
     with pytest.raises(ValueError, match=parameter):
         W1Network(**kwargs)
@@ -67,3 +68,13 @@ def test_hessian_vector_product_is_symmetric_in_graph_mode():
     v_hu = sum(float((a.asnumpy().astype(np.float64) * b.asnumpy()).sum()) for a, b in zip(v, hu))
     assert abs(u_hv) > 1e-3
     assert abs(u_hv - v_hu) <= 1e-3 * max(abs(u_hv), abs(v_hu))
+
+
+def test_untrained_holographic_w1net_returns_the_patch_estimate_of_its_input():
+    """Zero-initialised heads add nothing to the estimate 1 + channel 1 + i channel 2."""
+    rng = np.random.default_rng(0)
+    inputs = rng.uniform(-0.5, 0.5, (2, 3, 64, 64)).astype(np.float32)
+    log_amplitude, phase = W1Network(64, width=4, binning=1, input='holographic')(Tensor(inputs))
+    estimate = (1 + inputs[:, 1]) + 1j * inputs[:, 2]
+    np.testing.assert_allclose(log_amplitude.asnumpy(), np.log(np.abs(estimate)), atol=1e-5)
+    np.testing.assert_allclose(phase.asnumpy(), np.angle(estimate), atol=1e-5)
