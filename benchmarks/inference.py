@@ -6,13 +6,17 @@
    sizes 1, 16, 64 and 256, for 64-px frames (W1Net, binning 1) and 128-px frames (the
    engine's default W1Net, binning 2), after one warm-up pass that compiles the graph
    (its time is printed too). The weights are untrained: the speed does not depend on them.
-2. MoonFlowerScan, 161 frames of 128 px (needs PtyPy), one process: DM's 100 iterations
-   against W1Net in mode 'infer' with a model trained briefly on the same scan: the
-   one-pass reconstruction (predict + stitch, warm) and the whole engine run (initialize,
-   loading the model; prepare, compiling; one iterate, which also computes PtyPy's errors;
-   finalize), as fractions of DM's engine run (same steps). Target: infer <= 1/100 of DM's time.
+2. MoonFlowerScan, 161 frames of 128 px (needs PtyPy), one process: DM's 100 iterations, then for
+   each network variant (:data:`VARIANTS`) pretrained for the scan's instrument (DM's probe, the
+   scan's geometry, dose and step; library objects, MoonFlower's photograph never among them,
+   ``--objects``, ``--corpus-frames``, ``--epochs``): MFLOP per frame, frames/s and DM's time over
+   the one pass (predict + stitch, warm), and the registered error of the one pass against the
+   truth (the object is unseen). Then the last variant's whole engine call in mode 'infer'
+   (initialize, loading the model; prepare, compiling; one iterate with PtyPy's errors; finalize).
+   Targets: one pass <= 1/100 of DM's time; unseen error <= 0.25.
 """
 import argparse
+import math
 import os
 import tempfile
 import time
@@ -20,6 +24,10 @@ import time
 import numpy as np
 
 BATCH_SIZES = (1, 16, 64, 256)
+#: Network variants of the MoonFlowerScan table (W1Network options), all with the holographic input.
+VARIANTS = {'default (depth 3, width 8, bin 2)': dict(depth=3, width=8, binning=2, input='holographic'),
+            'light (depth 3, width 4, bin 4)': dict(depth=3, width=4, binning=4, input='holographic'),
+            'lighter (depth 2, width 4, bin 4)': dict(depth=2, width=4, binning=4, input='holographic')}
 FRAMES = 512
 
 
@@ -45,31 +53,49 @@ def frames_per_second(frame_size, binning):
     return rates, warm_up
 
 
-def moonflower_versus_dm(workdir):
-    """Seconds of DM (100 iterations) and of W1Net 'infer' on the same MoonFlowerScan."""
+def w1_mflops(frame_size, depth, width, binning, input='diffraction'):
+    """Multiply-adds x 2 per frame (MFLOP) of a W1Network's convolutions: the encoder on the binned frame,
+    two decoders back to full size (a transposed convolution spreads each input pixel over its 4 x 4 kernel)."""
+    side = frame_size // binning
+    channels = [min(width * 2 ** k, 8 * width) for k in range(depth + 1)]
+    flops = 2 * 9 * (1 if input == 'diffraction' else 3) * channels[0] * side ** 2
+    for k in range(depth):
+        side //= 2
+        flops += 2 * 9 * channels[k] * channels[k + 1] * side ** 2
+    decoder, current = 0, channels[-1]
+    for k in range(depth + int(math.log2(binning))):
+        following = channels[max(len(channels) - 2 - k, 0)]
+        decoder += 2 * 16 * current * following * side ** 2
+        side, current = side * 2, following
+    return (flops + 2 * (decoder + 2 * 9 * current * side ** 2)) / 1e6
+
+
+def moonflower_versus_dm(workdir, args):
+    """DM's 100 iterations on MoonFlowerScan, then per network variant: pretraining on a corpus of the scan's
+    instrument (DM's probe, its geometry, dose and scan step; library objects, MoonFlower's photograph
+    never among them), the one-pass time and the error on MoonFlowerScan."""
     from ptypy import utils as u
     from ptypy.core import Ptycho
     from ptypy.engines import by_name
     from ptypy.utils import parallel
-    from ptypy_npu.models import load_model
+    from ptypy_npu import settings
+    from ptypy_npu.metrics import registered_error
+    from ptypy_npu.models import load_model, save_model
+    from ptypy_npu.pretraining import PRETRAINING_DEFAULTS, corpus, instrument, pretraining_solver
     from ptypy_npu.ptypy_plugin.engine import W1Net
-    from ptypy_npu.ptypy_plugin.moonflower import moonflower_scan, use_structured_object
+    from ptypy_npu.ptypy_plugin.moonflower import moonflower_scan, true_object, use_structured_object
     use_structured_object()
 
-    def ptycho(engines):
+    def ptycho():
         parallel.loadmanager.reset()
         np.random.seed(1)
         p = u.Param(verbose_level='critical', io=u.Param(home=workdir, rfile=None, autosave=u.Param(active=False),
                                                          interaction=u.Param(active=False)))
         p.scans = u.Param(MF=moonflower_scan(frames=200, shape=128, photons=1e8))
-        p.engines = u.Param({f'e{k:02d}': u.Param(e) for k, e in enumerate(engines)})
-        P = Ptycho(p, level=5 if engines else 3)  # with engines: run them
-        P.runtime.iter_info = []
-        return P
+        return Ptycho(p, level=3)
 
-    def timed(pars):
-        """Seconds of one engine on a fresh scan: initialize, prepare, all iterations, finalize."""
-        P = ptycho([])
+    def timed(P, pars):
+        """Seconds of one engine: initialize, prepare, all iterations, finalize."""
         engine = by_name(pars['name'])(P, u.Param(pars))
         tick = time.perf_counter()
         engine.initialize()
@@ -77,26 +103,44 @@ def moonflower_versus_dm(workdir):
         while not engine.finished:
             engine.iterate()
         engine.finalize()
-        return time.perf_counter() - tick, P
+        return time.perf_counter() - tick
 
-    dm, _ = timed(dict(name='DM', numiter=100))
-    model_dir = os.path.join(workdir, 'moonflower_model')
-    ptycho([dict(name='W1Net', numiter=3, network=u.Param(start=0), model=u.Param(save=model_dir))])
-    whole, P = timed(dict(name='W1Net', mode='infer', numiter=1, model=u.Param(load=model_dir)))
+    P = ptycho()
+    dm = timed(P, dict(name='DM', numiter=100))
+    truth, region = true_object(P)
     engine = W1Net(P, u.Param(name='W1Net'))
     engine.initialize()
     data, _ = engine.scan_data()
-    model = load_model(model_dir)
-    model.reconstruct(data)  # compile
-    tick = time.perf_counter()
-    model.reconstruct(data)
-    one_pass = time.perf_counter() - tick
-    return {'frames': len(data.positions), 'dm': dm, 'one_pass': one_pass, 'engine': whole}
+    data.probe = next(iter(P.probe.storages.values())).data.copy()  # the instrument's probe: DM's
+    rows = []
+    for name, options in VARIANTS.items():
+        chosen = settings.make({**PRETRAINING_DEFAULTS, 'network': options})
+        scans, truths, _ = corpus(instrument(data), args.objects, args.corpus_frames, seed=0)
+        solver = pretraining_solver(scans, truths, chosen)
+        tick = time.perf_counter()
+        solver.run(args.epochs)
+        pretraining = time.perf_counter() - tick
+        directory = os.path.join(workdir, name)
+        save_model(directory, solver.export_network())
+        model = load_model(directory)
+        model.reconstruct(data)  # compiles
+        tick = time.perf_counter()
+        obj = model.reconstruct(data)
+        one_pass = time.perf_counter() - tick
+        rows.append((name, w1_mflops(128, **options), len(data.positions) / one_pass, dm / one_pass,
+                     registered_error(obj, truth, region), pretraining))
+    flat = registered_error(np.ones_like(truth), truth, region)
+    infer = timed(ptycho(), dict(name='W1Net', mode='infer', numiter=1, model=u.Param(load=directory)))
+    return {'frames': len(data.positions), 'dm': dm, 'rows': rows, 'flat': flat, 'engine': infer,
+            'engine_variant': name}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--skip-ptypy', action='store_true', help='only the frames/s table')
+    parser.add_argument('--objects', type=int, default=8, help='corpus objects of the variants\' pretraining')
+    parser.add_argument('--corpus-frames', type=int, default=100, help='frames per corpus object')
+    parser.add_argument('--epochs', type=int, default=10, help='pretraining epochs of each variant')
     args = parser.parse_args()
     print(f"== predict + stitch, frames/s ({FRAMES} frames; warm-up = first batch, compiles the graph) ==")
     print(f"{'frame':>6s} " + ' '.join(f"{'batch ' + str(b):>10s}" for b in BATCH_SIZES) + '   warm-up s')
@@ -107,11 +151,16 @@ def main():
     if args.skip_ptypy:
         return
     with tempfile.TemporaryDirectory() as workdir:
-        r = moonflower_versus_dm(workdir)
-    print(f"\n== MoonFlowerScan, {r['frames']} frames of 128 px ==")
-    print(f"DM, 100 iterations:                      {r['dm']:7.2f} s")
-    print(f"W1Net infer, one pass (predict+stitch):  {r['one_pass']:7.3f} s  = 1/{r['dm'] / r['one_pass']:.0f} of DM")
-    print(f"W1Net infer, whole engine call:          {r['engine']:7.2f} s  = 1/{r['dm'] / r['engine']:.0f} of DM")
+        r = moonflower_versus_dm(workdir, args)
+    print(f"\n== MoonFlowerScan, {r['frames']} frames of 128 px; DM, 100 iterations: {r['dm']:.2f} s ==")
+    print(f"pretrained on {args.objects} library objects x {args.corpus_frames} frames, {args.epochs} epochs, "
+          f"with DM's probe; a flat object scores {r['flat']:.3f}")
+    print(f"{'variant':32s} {'MFLOP/frame':>11s} {'frames/s':>9s} {'DM / one pass':>13s} {'unseen error':>12s} "
+          f"{'pretraining s':>13s}")
+    for name, mflop, rate, ratio, error, seconds in r['rows']:
+        print(f"{name:32s} {mflop:11.1f} {rate:9.0f} {ratio:13.0f} {error:12.3f} {seconds:13.0f}")
+    print(f"W1Net mode 'infer', whole engine call ({r['engine_variant']}; loading, compiling, one pass, PtyPy's "
+          f"errors): {r['engine']:.2f} s = 1/{r['dm'] / r['engine']:.0f} of DM")
 
 
 if __name__ == '__main__':

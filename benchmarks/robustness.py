@@ -16,6 +16,8 @@ needs to reach ePIE's final error as a fraction of ePIE's time, and the winner; 
 in how many cases W1Net without network ends at or below the best PtyPy engine, its worst ratio,
 whether it ever ends worse than its start, and network on against off at low dose at equal wall
 time. ``--quick`` runs a subset (under 10 minutes on 2 cores); the whole family takes about an hour.
+``--drift`` runs W1Net without network for six times the budget instead (default: the low-dose cases)
+and prints its error at the budget and at the end: more epochs must never end worse.
 """
 import argparse
 import json
@@ -162,13 +164,31 @@ def summary(records):
                   f"at {r['equal_time_s']:.0f} s")
 
 
+def drift(name, factor=6):
+    """W1Net without network for ``factor`` times the case's budget: its errors at the budget and at the end."""
+    build, budget, _ = CASES[name]
+    tree = case_tree(build())
+    key = 'amplitude_misfit' if name.startswith('Siemens') else 'object_error'
+    contestant = Contestant('W1Net-off', [dict(W1NET_ENGINES['W1Net-off'], numiter=factor * budget)])
+    result, _ = run_contestant(tree, contestant, seed=1, sample_every=budget)
+    at = {c['iterations']: c[key] for c in result.curve}
+    print(f"{name:26s} {key} start {at[0]:.4f}, at {budget} epochs {at[budget]:.4f}, at {factor * budget} "
+          f"{at[factor * budget]:.4f}: {'worse' if at[factor * budget] > at[budget] else 'not worse'}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--quick', action='store_true', help='the subset marked in CASES, 50 iterations each')
     parser.add_argument('--cases', nargs='+', help='run these cases only (names as in CASES)')
     parser.add_argument('--engines', nargs='+', help='run these engines only (DM ePIE ML W1Net-off W1Net-on)')
     parser.add_argument('--json', help='also write every row and curve to this JSON file')
+    parser.add_argument('--drift', action='store_true', help='instead: W1Net without network for 6x the budget on '
+                                                             'the cases (default: the low-dose ones)')
     args = parser.parse_args()
+    if args.drift:
+        for name in args.cases or [name for name in CASES if '1e4' in name or '1e5' in name]:
+            drift(name)
+        return
     names = args.cases or [name for name, (_, _, quick) in CASES.items() if quick or not args.quick]
     unknown = sorted(set(names) - set(CASES))
     if unknown:

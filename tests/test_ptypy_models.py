@@ -45,6 +45,21 @@ def test_infer_mode_puts_the_stitched_patches_into_ptypys_object(trained_model, 
     assert np.all(np.isfinite(errors)) and errors[0] > 0 and errors[2] == 0
 
 
+def test_an_engine_after_infer_in_one_chain_starts_from_the_inferred_object(trained_model, tmp_path):
+    """Warm start in PtyPy: infer, then W1Net (network off, object held: rate 0, probe fixed) in the same chain
+    ends where infer put the object, up to the one global factor of the probe-power gauge."""
+    inferred = run(parameter_tree(tmp_path, [{'name': 'W1Net', 'numiter': 1, 'mode': 'infer',
+                                              'model': {'load': trained_model}}]))
+    chained = run(parameter_tree(tmp_path, [
+        {'name': 'W1Net', 'numiter': 1, 'mode': 'infer', 'model': {'load': trained_model}},
+        {'name': 'W1Net', 'numiter': 1, 'network': {'name': None}, 'object_update': {'learning_rate': 0.0},
+         'probe_update': {'start': None}}]))
+    start, end = stored_object(inferred), stored_object(chained)
+    lit = np.abs(start - 1) > 1e-6  # where infer wrote patches
+    ratio = end[lit] / start[lit]
+    np.testing.assert_allclose(ratio, np.median(ratio.real), rtol=1e-4, atol=1e-4)
+
+
 def test_finetune_trains_the_loaded_network_from_the_first_epoch(trained_model, tmp_path):
     P = run(parameter_tree(tmp_path, [{'name': 'W1Net', 'numiter': 2, 'mode': 'finetune',
                                        'model': {'load': trained_model}}]))
