@@ -92,7 +92,9 @@ def moonflower_versus_dm(workdir, args):
         p = u.Param(verbose_level='critical', io=u.Param(home=workdir, rfile=None, autosave=u.Param(active=False),
                                                          interaction=u.Param(active=False)))
         p.scans = u.Param(MF=moonflower_scan(frames=200, shape=128, photons=1e8))
-        return Ptycho(p, level=3)
+        P = Ptycho(p, level=3)
+        P.runtime.iter_info = []
+        return P
 
     def timed(P, pars):
         """Seconds of one engine: initialize, prepare, all iterations, finalize."""

@@ -20,7 +20,9 @@ def ptypy_npu_networks():
     ``factory(frame_size, **settings)`` returns a ``mindspore.nn.Cell`` that maps
     normalised amplitudes (B, 1, H, W) to ``(log_amplitude, phase)``, each (B, H, W)
     (see :mod:`ptypy_npu.networks`). ``settings`` are the engine's ``network`` subtree
-    without ``name``; raise ``ValueError`` naming the setting for values it cannot take.
+    without ``name`` (``input`` only when not 'diffraction': a network that takes the
+    holographic input (B, 3, H, W) accepts it and says so by ``input_kind = 'holographic'``);
+    raise ``ValueError`` naming the setting for values it cannot take.
     """
 
 

@@ -71,9 +71,10 @@ def test_two_ranks_take_the_steps_of_one_process_over_the_same_shards(tmp_path):
     for name in ('object', 'probe', 'losses'):
         np.testing.assert_array_equal(ranks[1][name], ranks[0][name])  # every rank holds the same state
     # the same global batches; only the order of float32 sums differs (2 + 2 frames, then MPI), and
-    # 40 steps amplify it: measured up to 2.6e-5 on an object of amplitude ~1 that the steps moved by > 0.1
+    # 40 steps amplify it: measured up to 2.6e-5 on an object of amplitude ~1 that the steps moved by > 0.1,
+    # and 1.1e-5 of the probe's largest value on 6 of its 4096 pixels
     np.testing.assert_allclose(ranks[0]['object'], single.object, rtol=0, atol=1e-4)
-    np.testing.assert_allclose(ranks[0]['probe'], single.probe, rtol=1e-5, atol=1e-5 * np.abs(single.probe).max())
+    np.testing.assert_allclose(ranks[0]['probe'], single.probe, rtol=1e-5, atol=3e-5 * np.abs(single.probe).max())
     np.testing.assert_allclose(ranks[0]['losses'], [h['loss'] for h in single.history], rtol=1e-5)
     np.testing.assert_allclose(np.concatenate([r['errors'] for r in ranks]), errors, rtol=1e-4, atol=1e-6)
     assert np.abs(single.object - data.obj).max() > 0.1  # it did reconstruct
@@ -114,8 +115,9 @@ def test_msrun_ranks_sum_in_graph_stay_identical_and_step_as_one_process(tmp_pat
 @pytest.mark.parametrize('channel', ['mpi', 'mindspore'])
 def test_ranks_stitching_their_frames_with_a_model_get_the_object_of_all_frames(tmp_path, channel):
     """Inference ('infer' mode) on two processes: each stitches its own frames' patches and the
-    weighted sums are added over the ranks (in float32)."""
-    from ptypy_npu.models import load_model, save_model
+    weighted sums are added over the ranks (in float32), without turning each patch to the phase of
+    what is stitched (each rank would turn its own mosaic): one process stitching so gives the same."""
+    from ptypy_npu.models import StreamingReconstruction, load_model, save_model
     data, _ = simulate_scan(**SCAN)
     solver = make_solver(data, {**SMALL_NETWORK, 'network.start': 0})
     solver.run(2)
@@ -123,7 +125,10 @@ def test_ranks_stitching_their_frames_with_a_model_get_the_object_of_all_frames(
     launch(tmp_path, WORKER.with_name('distributed_infer_worker.py'),
            [str(tmp_path), str(tmp_path / 'model'), channel], channel)
     ranks = [np.load(tmp_path / f'rank{r}.npz')['object'] for r in range(2)]
-    whole = load_model(str(tmp_path / 'model')).reconstruct(data)
+    stream = StreamingReconstruction(load_model(str(tmp_path / 'model')), data.obj.shape, data.probe, fill=data.obj,
+                                     align_phases=False)
+    stream.feed(data.intensities, data.positions)
+    whole = stream.object
     np.testing.assert_array_equal(ranks[1], ranks[0])
     np.testing.assert_allclose(ranks[0], whole, rtol=0, atol=1e-5 * np.abs(whole).max())
     assert np.abs(whole - data.obj).max() > 0.01  # the patches changed the object
