@@ -71,11 +71,12 @@ def far_field_intensity(probe, patches):
 #: Geometry of simulated scans (m): an 8 keV beam, a detector of 75 um pixels 2 m downstream.
 GEOMETRY = {'wavelength': 1.5498e-10, 'distance': 2.0, 'detector_pixel': 75e-6}
 
-#: Test objects by name: ``make(shape, rng)`` -> complex (Ho, Wo): the Siemens star, a random object of
-#: the library (:mod:`ptypy_npu.objects`), or one whose amplitude and phase both come from one class.
-OBJECTS = {'star': lambda shape, rng: siemens_star(shape),
-           'random': lambda shape, rng: random_object(shape, rng)[0],
-           **{name: (lambda shape, rng, name=name: random_object(shape, rng, (name,))[0]) for name in CLASSES}}
+#: Test objects by name: ``make(shape, rng)`` -> complex (Ho, Wo): the Siemens star ('star'), a random object
+#: of the library (:mod:`ptypy_npu.objects`), or one whose amplitude and phase both come from one class (the
+#: library's random stars only through 'random': 'star' stays the fixed Siemens star).
+OBJECTS = {**{name: (lambda shape, rng, name=name: random_object(shape, rng, (name,))[0]) for name in CLASSES},
+           'star': lambda shape, rng: siemens_star(shape),
+           'random': lambda shape, rng: random_object(shape, rng)[0]}
 
 
 def simulate_scan(frame_size=64, count=64, step_fraction=0.15, photons=1e6, seed=0, noise=True, obj='star',

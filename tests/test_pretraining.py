@@ -12,7 +12,7 @@ from ptypy_npu.models import load_model
 from ptypy_npu.objects import CLASSES, NATURAL_IMAGES, random_object
 from ptypy_npu.pretraining import corpus, instrument
 from ptypy_npu.scan import combine, patch_indices
-from ptypy_npu.simulate import simulate_scan
+from ptypy_npu.simulate import siemens_star, simulate_scan
 
 SMALL = ['--depth', '2', '--width', '8', '--binning', '1']
 
@@ -26,6 +26,11 @@ def test_library_objects_keep_their_ranges_and_sources_apart():
         assert phase.min() >= -1e-9 and phase.max() <= card['phase_range'] + 1e-9
         assert card['amplitude'] in CLASSES and card['phase'] in CLASSES
     assert 'grace_hopper' not in NATURAL_IMAGES  # MoonFlowerScan's photograph stays unseen
+
+
+def test_the_simulators_star_stays_the_siemens_star_beside_the_librarys_star_class():
+    _, truth = simulate_scan(frame_size=32, count=8, seed=5)
+    np.testing.assert_array_equal(truth, siemens_star(truth.shape))
 
 
 def test_combined_scans_keep_each_object_in_its_own_region():
