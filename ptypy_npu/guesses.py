@@ -68,8 +68,7 @@ def defocus_candidates(intensities, positions, mask=None):
     frequency = ((ky - h // 2) / h) ** 2 + ((kx - w // 2) / w) ** 2
 
     def probe(strength):
-        pupil = amplitude * np.exp(1j * strength * frequency)
-        return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(pupil), norm='ortho'))
+        return propagate(amplitude * np.exp(1j * strength * frequency), inverse=True)
 
     strength = min(DEFOCUS_GRID, key=lambda s: abs(rms_radius(probe(s)) - target))
     return [probe(sign * strength)[None].astype(np.complex64) for sign in (1, -1)]

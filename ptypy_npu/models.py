@@ -23,6 +23,7 @@ from .device import select_device
 from .distributed import allreduce_arrays
 from .files import atomic_output
 from .networks import copy_weights, inputs_for, network_weights, predict_patches
+from .scan import add_patches
 
 MODEL_FORMAT = 'ptypy-npu-model/1'
 WEIGHTS_FILE, PROBE_FILE, SIDECAR_FILE = 'weights.safetensors', 'probe.npy', 'model.json'
@@ -208,17 +209,11 @@ class StreamingReconstruction:
         """Predict and stitch one chunk; returns its frames per second."""
         start = time.perf_counter()
         patches = self.model.predict(frames, self.batch_size, self.probe, self.propagator)
-        h, w = self.model.frame_shape
-        floor = STITCH_THRESHOLD * self.weight.max()
-        for patch, (row, col) in zip(patches, np.asarray(positions, int)):
-            window = np.s_[row:row + h, col:col + w]
-            if self.align_phases:
-                seen = self.denominator[window] > floor
-                match = np.sum((np.conj(patch) * self.numerator[window] * self.weight)[seen]
-                               / self.denominator[window][seen])
-                patch = patch * (match / abs(match) if abs(match) > 0 else 1.0)
-            self.numerator[window] += self.weight * patch
-            self.denominator[window] += self.weight
+        if self.align_phases:
+            self._add_aligned(patches, positions)
+        else:
+            self.numerator += add_patches(self.weight * patches, positions, self.numerator.shape)
+            self.denominator += add_patches(self.weight, np.asarray(positions), self.denominator.shape)
         elapsed = time.perf_counter() - start
         self.frames_done += len(frames)
         self.seconds += elapsed
@@ -226,6 +221,18 @@ class StreamingReconstruction:
         if self.report:
             self.report(f"{self.frames_done} frames, {rate:.0f} frames/s (mean {self.frames_done / self.seconds:.0f})")
         return rate
+
+    def _add_aligned(self, patches, positions):
+        """Stitch patches one after another, each turned by the phase that matches it to what is stitched."""
+        h, w = self.model.frame_shape
+        floor = STITCH_THRESHOLD * self.weight.max()
+        for patch, (row, col) in zip(patches, np.asarray(positions, int)):
+            window = np.s_[row:row + h, col:col + w]
+            seen = self.denominator[window] > floor
+            match = np.sum((np.conj(patch) * self.numerator[window] * self.weight)[seen]
+                           / self.denominator[window][seen])
+            self.numerator[window] += self.weight * patch * (match / abs(match) if abs(match) > 0 else 1.0)
+            self.denominator[window] += self.weight
 
     def run(self, chunks):
         """Feed every (frames, positions) chunk of an iterable; returns the object."""

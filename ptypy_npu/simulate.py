@@ -6,6 +6,7 @@ Used by the tests, the CLI's ``--simulate`` and the examples. Conventions match
 """
 import numpy as np
 
+from .guesses import propagate
 from .objects import CLASSES, random_object
 from .scan import ScanData, object_grid, patch_indices
 
@@ -62,10 +63,7 @@ def spiral_positions(count, step):
 
 def far_field_intensity(probe, patches):
     """Noise-free intensities (N, H, W) of probe modes (M, H, W) on patches (N, H, W)."""
-    exit_waves = patches[:, None] * probe[None]
-    shifted = np.fft.ifftshift(exit_waves, axes=(-2, -1))
-    far_field = np.fft.fftshift(np.fft.fft2(shifted, norm='ortho'), axes=(-2, -1))
-    return (np.abs(far_field) ** 2).sum(1)
+    return (np.abs(propagate(patches[:, None] * probe[None])) ** 2).sum(1)
 
 
 #: Geometry of simulated scans (m): an 8 keV beam, a detector of 75 um pixels 2 m downstream.

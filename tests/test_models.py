@@ -96,12 +96,14 @@ def test_streaming_in_chunks_gives_the_object_of_one_batch(trained):
     assert stream.frames_done == len(data.positions)
 
 
-def test_stitching_averages_patches_weighted_by_the_probe_intensity(trained):
-    """Against a hand computation: two overlapping patches of constants a and b."""
+@pytest.mark.parametrize('align_phases', [True, False])
+def test_stitching_averages_patches_weighted_by_the_probe_intensity(trained, align_phases):
+    """Against a hand computation: two overlapping patches of constants a and b (real and positive: the
+    phase alignment turns neither)."""
     _, directory, _ = trained
     model = load_model(directory)
     weight = (np.abs(model.probe) ** 2).sum(0)
-    stream = StreamingReconstruction(model, (64, 96), fill=0)
+    stream = StreamingReconstruction(model, (64, 96), fill=0, align_phases=align_phases)
     stream.model = type('Constant', (), {'frame_shape': (64, 64),
                                          'predict': staticmethod(lambda frames, size, *physics: frames.astype(complex))})
     stream.feed(np.stack([np.full((64, 64), 2.0), np.full((64, 64), 5.0)]), [(0, 0), (0, 32)])
