@@ -13,6 +13,10 @@ from .files import atomic_output
 from .settings import SettingError
 
 
+#: What the solver's divergence guard and its adaptive normaliser remember between epochs (JointSolver.run).
+PROGRESS = ('lowest_fourier', 'lowest_fourier_since_regularised', 'epochs_without_low')
+
+
 def check_path(path, key='checkpoint.path'):
     """Raise :class:`~ptypy_npu.settings.SettingError` naming ``key`` unless ``path`` ends in ``.ckpt``."""
     if not str(path).endswith('.ckpt'):
@@ -27,8 +31,8 @@ def save(solver, path):
     if solver.communicator.rank != 0:
         return
     entries = [{'name': name, 'data': p} for name, p in solver.named_parameters().items()]
-    counters = {'epoch': solver.epoch, 'steps_taken': solver.steps_taken,
-                'rng_state': json.dumps(solver.rng.bit_generator.state)}
+    counters = {**{name: getattr(solver, name) for name in PROGRESS}, 'epoch': solver.epoch,
+                'steps_taken': solver.steps_taken, 'rng_state': json.dumps(solver.rng.bit_generator.state)}
     with atomic_output(str(path), force=True, what='checkpoint') as temporary:
         ms.save_checkpoint(entries, temporary, append_dict=counters)
 
@@ -51,3 +55,6 @@ def resume(solver, path):
         ops.assign(param, state[name])
     solver.rng.bit_generator.state = json.loads(str(state['rng_state']))
     solver.epoch, solver.steps_taken = int(state['epoch'].asnumpy()), int(state['steps_taken'].asnumpy())
+    for name in PROGRESS:  # absent from checkpoints written before the normaliser's delta adapted
+        if name in state:
+            setattr(solver, name, type(getattr(solver, name))(state[name].asnumpy()))

@@ -165,7 +165,8 @@ class Settings:
                                          lowlim=0.0)
     illumination_regularisation: typing.Optional[float] = setting(
         None, 'float, None', 'Delta in the object/probe step normaliser 1 / (w + delta max w); None: from the '
-        'dose (Settings.adapted_to_dose)', lowlim=0.0)
+        'dose (Settings.adapted_to_dose), doubled (up to 3) whenever the Fourier error sets no new low for 3 epochs',
+        lowlim=0.0)
     optimal_steps: bool = setting(True, 'bool', 'Scale the sgd object and probe steps by the lengths that '
                                                 'minimise the batch\'s data term along them (LSQML); the learning '
                                                 'rate then scales that optimal step', flag='--optimal-steps')
@@ -195,7 +196,8 @@ class Settings:
         shapes): noisy data want steps averaged over more frames and a more strongly regularised
         normaliser, clean data many small batches:
 
-        * ``illumination_regularisation = sqrt(5 / photons_per_pixel)``, within [0.1, 3];
+        * ``illumination_regularisation = sqrt(5 / photons_per_pixel)``, within [0.1, 3], the start: the
+          solver doubles it whenever the Fourier error stalls (``JointSolver._adapt_regularisation``);
         * ``batch_size = 400 / photons_per_pixel`` rounded to a power of two, within [4, 16], a multiple
           of ``processes`` and at most the ``n_frames`` of the scan.
         """

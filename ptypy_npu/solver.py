@@ -25,7 +25,7 @@ from .gauge import fixed_gauge
 from .networks import NetworkExport, inputs_for, predict_patches, set_compute_precision
 from .objective import JointObjective, PhysicsObjective, parameter_pair
 from .scan import patch_indices
-from .step import HessianRefresh, make_step
+from .step import HessianRefresh, make_step, regularisation_parameter
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,11 @@ LOSS_SCALE = (2.0 ** 16, 2, 2000)
 
 #: An epoch whose mean Fourier error rises above this multiple of the lowest before it has diverged.
 DIVERGENCE_FACTOR = 10.0
+
+#: When the mean Fourier error has set no new low (by 0.1 %) for this many epochs, the normaliser's delta
+#: (when left to the data) doubles, up to :data:`MAX_REGULARISATION`.
+REGULARISATION_PATIENCE = 3
+MAX_REGULARISATION = 3.0
 
 #: What the first epoch of each step announces: it compiles the step's graphs first.
 COMPILING = {False: "compiling the object and probe step (a few seconds)",
@@ -79,6 +84,7 @@ class JointSolver:
         self.shards = Shards(n, self.communicator, shard_sizes)
         counts, pixels = self.communicator.allreduce(np.array([np.sum(self.data.intensities * self.data.mask),
                                                                np.sum(self.data.mask)], np.float32))
+        self.adapts_regularisation = settings.illumination_regularisation is None
         self.settings = settings = settings.validate(self.shards.total, len(self.shards.sizes)).adapted_to_dose(
             counts / pixels, self.shards.total, len(self.shards.sizes))
         logger.info(f"{counts / pixels:.3g} photons per detector pixel: batch_size {settings.batch_size}, "
@@ -96,8 +102,9 @@ class JointSolver:
         object_pair, probe_pair = parameter_pair(self.data.obj.reshape(-1), 'object'), parameter_pair(probe, 'probe')
         propagator = self.data.propagator or physics.centred_fft_factors((h, w))
         self.optimizers = [self._optimizer(object_pair, 'object_update'), self._optimizer(probe_pair, 'probe_update')]
+        self.regularisation = regularisation_parameter(settings.illumination_regularisation)
         physics_step = make_step(PhysicsObjective(object_pair, probe_pair, propagator, settings.loss),
-                                 self.optimizers + [None], settings, self.communicator)
+                                 self.optimizers + [None], settings, self.communicator, self.regularisation)
         self.phases = [Phase(0, physics_step, HessianRefresh(physics_step, self.communicator, self.object_shape))]
         self.network, self.loss_scaler, self.statistics = None, None, []
         if factories.network is not None:
@@ -110,14 +117,17 @@ class JointSolver:
             loss_unit = self.probe_power * settings.batch_size
             objective = JointObjective(object_pair, probe_pair, propagator, settings.loss, self.network,
                                        settings.consistency, settings.network_consistency, self.loss_scaler, loss_unit)
-            joint_step = make_step(objective, self.optimizers, settings, self.communicator, self.loss_scaler, loss_unit)
+            joint_step = make_step(objective, self.optimizers, settings, self.communicator, self.regularisation,
+                                   self.loss_scaler, loss_unit)
             refresh = HessianRefresh(joint_step, self.communicator, self.object_shape)
             self.phases.append(Phase(settings.network.start, joint_step, refresh))
         self.amplitudes = inputs_for(self.network, self.data.intensities, self.input_scale, probe, self.data.propagator)
         self.objective = physics_step.objective  # object and probe live here
         self.parts = nn.CellList([phase.step for phase in self.phases])  # names every parameter and state
         self._compiled = set()
-        self._lowest_fourier = math.inf
+        self.lowest_fourier = math.inf
+        self.lowest_fourier_since_regularised = math.inf
+        self.epochs_without_low = 0
         self.steps_taken = 0
         self.epoch = 0
         self.errors = np.zeros((n, 3))
@@ -160,7 +170,8 @@ class JointSolver:
                 losses = self._epoch()
                 diverged, fourier = self._diverged(losses)
                 if not diverged:
-                    self._lowest_fourier = min(self._lowest_fourier, fourier)
+                    self.lowest_fourier = min(self.lowest_fourier, fourier)
+                    self._adapt_regularisation(fourier)
                     break
                 self.restore(good)
                 if attempt == self.settings.max_divergences:
@@ -180,6 +191,24 @@ class JointSolver:
             if report is not None:
                 report(self)
         return self.errors.copy()
+
+    def _adapt_regularisation(self, fourier):
+        """Double the normaliser's delta (when left to the data) once the mean Fourier error has set no new
+        low for :data:`REGULARISATION_PATIENCE` epochs: the steps then stir noise, or overshoot where a
+        batch lights the object weakly (noisy scans of sparse overlap), more than they fit the data."""
+        if fourier < 0.999 * self.lowest_fourier_since_regularised:
+            self.lowest_fourier_since_regularised, self.epochs_without_low = fourier, 0
+            return
+        self.epochs_without_low += 1
+        delta = float(self.regularisation.asnumpy())
+        if not (self.adapts_regularisation and self.epochs_without_low >= REGULARISATION_PATIENCE
+                and delta < MAX_REGULARISATION):
+            return
+        delta = min(2 * delta, MAX_REGULARISATION)
+        ops.assign(self.regularisation, Tensor(np.float32(delta)))
+        self.lowest_fourier_since_regularised, self.epochs_without_low = fourier, 0
+        logger.info(f"epoch {self.epoch}: the Fourier error set no new low for {REGULARISATION_PATIENCE} epochs "
+                    f"({fourier:.4g}); illumination_regularisation raised to {delta:.3g}")
 
     def _epoch(self):
         """One pass over the frames in a new random order; returns the losses of its steps."""
@@ -255,7 +284,7 @@ class JointSolver:
         trained = sum(float(ops.square(p).sum().asnumpy()) for optimizer in self.optimizers for p in optimizer.parameters)
         total, count = self.communicator.allreduce(np.array([self.errors[:, 0].sum(), len(self.errors)], np.float32))
         fourier = float(total / count)
-        return not (all(map(math.isfinite, losses + [trained])) and fourier <= DIVERGENCE_FACTOR * self._lowest_fourier), \
+        return not (all(map(math.isfinite, losses + [trained])) and fourier <= DIVERGENCE_FACTOR * self.lowest_fourier), \
             fourier
 
     def evaluate(self):

@@ -47,8 +47,10 @@ class Update(nn.Cell):
     """Directions, step lengths and optimizer steps of one minibatch (module docstring).
 
     ``objective`` supplies the exit-wave changes of unit steps (``step_products``); ``optimizers``
-    are the object's, the probe's and the network's (or None); ``optimal_steps`` turns on the
-    step lengths when both the object's and the probe's optimizer take them (``takes_step_lengths``).
+    are the object's, the probe's and the network's (or None); ``regularisation`` is the
+    normaliser's delta, a float32 scalar Parameter (:func:`regularisation_parameter`) that the
+    solver may raise between epochs without recompiling; ``optimal_steps`` turns on the step
+    lengths when both the object's and the probe's optimizer take them (``takes_step_lengths``).
     """
 
     def __init__(self, objective, optimizers, regularisation, curvature, optimal_steps=True):
@@ -238,10 +240,16 @@ class HostSummedStep(nn.Cell):
         return (loss,) + tuple(errors)
 
 
-def make_step(objective, optimizers, settings, communicator, loss_scaler=None, loss_unit=1.0):
-    """The step of ``objective`` with ``optimizers`` (object, probe, network or None), its sums over the
-    processes formed as ``communicator`` does it (module docstring)."""
-    options = (settings.illumination_regularisation, physics.LOSS_CURVATURE[settings.loss], settings.optimal_steps)
+def regularisation_parameter(value):
+    """The normaliser's delta as a scalar Parameter (not trained): steps read it, the solver sets it."""
+    return ms.Parameter(Tensor(np.float32(value)), name='illumination_regularisation', requires_grad=False)
+
+
+def make_step(objective, optimizers, settings, communicator, regularisation, loss_scaler=None, loss_unit=1.0):
+    """The step of ``objective`` with ``optimizers`` (object, probe, network or None) and the normaliser's
+    ``regularisation`` Parameter, its sums over the processes formed as ``communicator`` does it
+    (module docstring)."""
+    options = (regularisation, physics.LOSS_CURVATURE[settings.loss], settings.optimal_steps)
     if loss_scaler is None:
         update = Update(objective, optimizers, *options)
     else:

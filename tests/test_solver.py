@@ -10,6 +10,8 @@ from mindspore import Tensor, ops
 from ptypy_npu import settings
 from ptypy_npu.metrics import illuminated_region, registered_error
 from ptypy_npu.plugins import build_solver
+from ptypy_npu.scan import illumination
+from ptypy_npu.solver import MAX_REGULARISATION
 from ptypy_npu.simulate import simulate_scan
 
 
@@ -145,6 +147,45 @@ def test_a_groups_own_options_override_the_defaults_it_does_not_name(scan):
     chosen.object_update.options = {'betas': (0.8, 0.95)}
     optimizer = build_solver(scan[0], chosen).optimizers[0]
     assert (optimizer.lazy, optimizer.beta1, optimizer.beta2) == (True, 0.8, 0.95)
+
+
+def test_the_normalisers_delta_doubles_when_the_fourier_error_stalls(scan):
+    data, _ = scan
+    solver = make_solver(data, PHYSICS_ONLY)
+    start = float(solver.regularisation.asnumpy())
+    assert start == pytest.approx(solver.settings.illumination_regularisation)
+    deltas = []
+    for fourier in [1.0, 0.9, 0.95, 0.9, 0.8999, 0.7, 0.71, 0.72, 0.73] + [0.8] * 30:
+        solver._adapt_regularisation(fourier)
+        deltas.append(float(solver.regularisation.asnumpy()))
+    # lows at 1.0, 0.9, 0.7; 0.8999 is no new low (within 0.1 %); three epochs without one double delta
+    np.testing.assert_allclose(deltas[:9], [start] * 4 + [2 * start] + [2 * start] * 3 + [4 * start], rtol=1e-6)
+    assert deltas[-1] == pytest.approx(MAX_REGULARISATION)
+    given = make_solver(data, {**PHYSICS_ONLY, 'illumination_regularisation': 0.2})
+    for fourier in [1.0] * 10:
+        given._adapt_regularisation(fourier)
+    assert float(given.regularisation.asnumpy()) == pytest.approx(0.2)  # the user's delta is kept
+
+
+def test_the_compiled_step_reads_the_normalisers_delta_as_it_changes(scan):
+    """The object's change of one sgd step (unit length) is -g / (c (w + delta max w)): two deltas on the
+    same batch give changes in the ratio that the batch's illumination w, summed in numpy, predicts."""
+    data, _ = scan
+    solver = make_solver(data, {**PHYSICS_ONLY, 'optimal_steps': False, 'batch_size': 4})
+    solver.compile()
+    batch = solver.shards.in_order(len(data.positions), 4)[0]
+    inputs, start, changes = solver._inputs(batch), solver.state(), []
+    for delta in (0.1, 2.0):
+        solver.restore(start)
+        ops.assign(solver.regularisation, Tensor(np.float32(delta)))
+        before = solver.object
+        solver.phase.step(*inputs, Tensor(np.float32(0.0)))
+        changes.append(solver.object - before)
+    w = illumination(solver.probe, data.positions[batch], data.obj.shape)
+    lit = w > 0.05 * w.max()
+    expected = (w + 2.0 * w.max()) / (w + 0.1 * w.max())
+    np.testing.assert_allclose(np.abs(changes[0][lit]), (expected * np.abs(changes[1]))[lit],
+                               rtol=1e-3, atol=1e-6 * np.abs(changes[0]).max())
 
 
 def test_a_diverging_epoch_is_rolled_back_with_halved_rates(scan):
