@@ -22,7 +22,7 @@ from . import __version__, plugins
 from .device import select_device
 from .distributed import allreduce_arrays
 from .files import atomic_output
-from .networks import copy_weights, inputs_for, network_weights, predict_patches
+from .networks import PatchPredictor, copy_weights, inputs_for, network_weights
 from .scan import add_patches
 
 MODEL_FORMAT = 'ptypy-npu-model/1'
@@ -78,6 +78,7 @@ class TrainedModel:
         self.network = network
         self.sidecar = sidecar
         self.probe = probe
+        self.predictor = PatchPredictor(network)
 
     @property
     def frame_shape(self):
@@ -115,7 +116,7 @@ class TrainedModel:
         (default the centred FFT)."""
         inputs = inputs_for(self.network, intensities, self.sidecar['input']['scale'],
                             self.probe if probe is None else probe, propagator)
-        return predict_patches(self.network, inputs, batch_size)
+        return self.predictor(inputs, batch_size)
 
     def reconstruct(self, data, batch_size=64, fill=None, communicator=None):
         """Stitched object (Ho, Wo) of a ScanData in one pass; unlit pixels keep ``fill`` (default data.obj).
@@ -195,9 +196,9 @@ class StreamingReconstruction:
         self.model = model
         probe = model.probe if probe is None else np.asarray(probe)
         self.probe, self.propagator = probe, propagator  # for a holographic network's estimates
-        self.weight = (np.abs(probe) ** 2).reshape((-1,) + model.frame_shape).sum(0)
-        self.numerator = np.zeros(object_shape, complex)
-        self.denominator = np.zeros(object_shape)
+        self.weight = (np.abs(probe) ** 2).reshape((-1,) + model.frame_shape).sum(0).astype(np.float32)
+        self.numerator = np.zeros(object_shape, np.complex64)  # single precision: half the memory traffic
+        self.denominator = np.zeros(object_shape, np.float32)
         self.fill = np.broadcast_to(np.asarray(fill, complex), object_shape)
         self.batch_size = batch_size
         self.report = report
@@ -228,11 +229,11 @@ class StreamingReconstruction:
         floor = STITCH_THRESHOLD * self.weight.max()
         for patch, (row, col) in zip(patches, np.asarray(positions, int)):
             window = np.s_[row:row + h, col:col + w]
-            seen = self.denominator[window] > floor
-            match = np.sum((np.conj(patch) * self.numerator[window] * self.weight)[seen]
-                           / self.denominator[window][seen])
-            self.numerator[window] += self.weight * patch * (match / abs(match) if abs(match) > 0 else 1.0)
-            self.denominator[window] += self.weight
+            numerator, denominator = self.numerator[window], self.denominator[window]  # views
+            stitched = np.where(denominator > floor, numerator / np.maximum(denominator, floor), 0)
+            match = np.vdot(patch, self.weight * stitched)  # sum of conj(patch) w O where O is stitched
+            numerator += self.weight * patch * (match / abs(match) if abs(match) > 0 else 1.0)
+            denominator += self.weight
 
     def run(self, chunks):
         """Feed every (frames, positions) chunk of an iterable; returns the object."""

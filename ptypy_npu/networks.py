@@ -18,7 +18,7 @@ from mindspore import Tensor, nn, ops
 from mindspore.common import dtype as mstype
 
 from .guesses import patch_estimates
-from .settings import NETWORK_INPUTS
+from .settings import NETWORK_DECODERS, NETWORK_INPUTS
 
 #: Frame sizes (detector pixels per side) the built-in networks are designed for.
 FRAME_SIZES = (64, 128, 256)
@@ -61,11 +61,15 @@ def network_input(intensities, scale, estimates=None):
     ``log1p(I)`` over the training scan and travels with a trained model, so new scans are
     normalised as the training scan was.
     """
-    channels = [np.log1p(np.asarray(intensities, np.float32)) / scale]
+    intensities = np.asarray(intensities, np.float32)
+    inputs = np.empty((len(intensities), 1 if estimates is None else 3) + intensities.shape[1:], np.float32)
+    np.add(intensities, 1, out=inputs[:, 0])  # log(1 + I), not np.log1p: 7x faster in float32, the same to 1e-7
+    np.log(inputs[:, 0], out=inputs[:, 0])
+    inputs[:, 0] /= scale
     if estimates is not None:
-        channels += [np.clip(estimates.real - 1, -ESTIMATE_CLIP, ESTIMATE_CLIP),
-                     np.clip(estimates.imag, -ESTIMATE_CLIP, ESTIMATE_CLIP)]
-    return np.stack(channels, axis=1).astype(np.float32)
+        np.clip(estimates.real - 1, -ESTIMATE_CLIP, ESTIMATE_CLIP, out=inputs[:, 1])
+        np.clip(estimates.imag, -ESTIMATE_CLIP, ESTIMATE_CLIP, out=inputs[:, 2])
+    return inputs
 
 
 def inputs_for(network, intensities, scale, probe, propagator=None):
@@ -79,23 +83,51 @@ def inputs_for(network, intensities, scale, probe, propagator=None):
                                                                                   ESTIMATE_CHUNK))])
 
 
-def predict_patches(network, inputs, batch_size=64):
-    """Complex object patches (N, H, W) that ``network`` predicts from ``inputs`` (N, 1, H, W).
+class PatchPredictor:
+    """Complex object patches (N, H, W) complex64 that a network predicts from inputs (N, C, H, W), in one pass.
 
-    Inference mode (BatchNorm's running statistics), so a frame's patch does not depend on
-    the other frames of its batch (the network's mode is restored after); batches have one fixed shape (the last is padded), so
-    one compiled graph serves them all.
+    Inference mode (BatchNorm's running statistics), so a frame's patch does not depend on the other frames
+    of its batch (the network's mode is restored after); batches have one fixed shape (the last is padded),
+    so one compiled graph serves them all. The graph of a holographic network with a ``decode`` method (as
+    :class:`W1Network`) stops at its decoders, and their correction multiplies the estimate (input
+    channels 1 and 2) here, in float32 numpy: on a CPU the network's own log/atan2 tail and a complex
+    exponential would cost as much as the light network itself.
     """
-    training = network.training
-    network.set_train(False)
-    n = len(inputs)
-    padded = np.concatenate([inputs, np.repeat(inputs[-1:], (-n) % batch_size, axis=0)])
-    patches = []
-    for start in range(0, len(padded), batch_size):
-        log_amplitude, phase = network(Tensor(padded[start:start + batch_size]))
-        patches.append(np.exp(log_amplitude.asnumpy() + 1j * phase.asnumpy()))
-    network.set_train(training)  # a training network goes on training
-    return np.concatenate(patches)[:n]
+
+    def __init__(self, network):
+        self.network = network
+        self.corrects_estimate = getattr(network, 'input_kind', 'diffraction') == 'holographic' and \
+            hasattr(network, 'decode')
+        self.graph = _Decoders(network) if self.corrects_estimate else network
+
+    def __call__(self, inputs, batch_size=64):
+        training = self.network.training
+        self.graph.set_train(False)
+        n = len(inputs)
+        padded = np.concatenate([inputs, np.repeat(inputs[-1:], (-n) % batch_size, axis=0)])
+        patches = np.empty((len(padded),) + padded.shape[2:], np.complex64)
+        for start in range(0, len(padded), batch_size):
+            batch = padded[start:start + batch_size]
+            log_amplitude, phase = self.graph(Tensor(batch))
+            magnitude, phase = np.exp(log_amplitude.asnumpy()), phase.asnumpy()
+            real, imag = magnitude * np.cos(phase), magnitude * np.sin(phase)
+            if self.corrects_estimate:  # times the estimate (1 + channel 1) + i channel 2
+                estimate_re, estimate_im = 1 + batch[:, 1], batch[:, 2]
+                real, imag = estimate_re * real - estimate_im * imag, estimate_re * imag + estimate_im * real
+            patches[start:start + batch_size].real, patches[start:start + batch_size].imag = real, imag
+        self.graph.set_train(training)  # a training network goes on training
+        return patches[:n]
+
+
+class _Decoders(nn.Cell):
+    """The graph of a network's ``decode`` (a holographic W1Network's correction of its estimate)."""
+
+    def __init__(self, network):
+        super().__init__(auto_prefix=False)
+        self.network = network
+
+    def construct(self, inputs):
+        return self.network.decode(inputs)
 
 
 def network_weights(network):
@@ -135,11 +167,15 @@ def set_compute_precision(network, dtype):
 
 
 def bin_frames(amplitudes, binning):
-    """Sum ``binning x binning`` pixel blocks of (B, C, H, W) frames -> (B, C, H/binning, W/binning)."""
+    """Sum ``binning x binning`` pixel blocks of (B, C, H, W) frames -> (B, C, H/binning, W/binning).
+
+    A per-channel convolution with a kernel of ones at stride ``binning``: on the CPU 4-5x faster than the
+    equivalent reshape and sum (8 against 38 ms for 161 x 3 x 128 x 128 frames at binning 4)."""
     if binning == 1:
         return amplitudes
-    b, c, h, w = amplitudes.shape
-    return amplitudes.reshape(b, c, h // binning, binning, w // binning, binning).sum(axis=(3, 5))
+    channels = amplitudes.shape[1]
+    kernel = ops.ones((channels, 1, binning, binning), amplitudes.dtype)
+    return ops.conv2d(amplitudes, kernel, stride=binning, groups=channels)
 
 
 def check_network_geometry(frame_size, depth, binning):
@@ -159,7 +195,7 @@ def check_network_geometry(frame_size, depth, binning):
 
 
 class W1Network(nn.Cell):
-    """Encoder of strided convolutions, two decoders (log-amplitude, phase) of transposed convolutions.
+    """Encoder of strided convolutions, decoders (log-amplitude, phase) of transposed convolutions.
 
     Parameters
     ----------
@@ -178,48 +214,73 @@ class W1Network(nn.Cell):
         patch estimates, :func:`network_input`); the network's ``input_kind``. A holographic network
         learns a correction of the estimate: its log-amplitude and phase are added to the estimate's,
         so before any training it returns the estimate itself.
+    decoder : str
+        ``'twin'``: two decoders (log-amplitude, phase), each ending in a normalised, activated
+        full-resolution stage and a 3x3 convolution. ``'light'``: one decoder for both, whose last
+        transposed convolution gives the two outputs at full resolution directly; for fast inference,
+        since on a CPU the full-resolution layers cost most of the time.
 
     The defaults are the settings' (:class:`ptypy_npu.settings.Network`).
     """
 
-    def __init__(self, frame_size, depth=3, width=8, binning=2, input='diffraction'):
+    def __init__(self, frame_size, depth=3, width=8, binning=2, input='diffraction', decoder='twin'):
         super().__init__()
         check_network_geometry(frame_size, depth, binning)
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"network.width must be an integer >= 1, got {width!r}")
         if input not in NETWORK_INPUTS:
             raise ValueError(f"network.input must be one of {', '.join(NETWORK_INPUTS)}, got {input!r}")
+        if decoder not in NETWORK_DECODERS:
+            raise ValueError(f"network.decoder must be one of {', '.join(NETWORK_DECODERS)}, got {decoder!r}")
         self.frame_size = frame_size
         self.binning = binning
         self.input_kind = input
+        self.light = decoder == 'light'
         channels = [min(width * 2 ** k, 8 * width) for k in range(depth + 1)]
         encoder = _conv_block(1 if input == 'diffraction' else 3, channels[0], 1)
         for k in range(depth):
             encoder += _conv_block(channels[k], channels[k + 1], 2)
         self.encoder = nn.SequentialCell(encoder)
         upsamplings = depth + int(math.log2(binning))
-        self.amplitude_decoder = self._decoder(channels, upsamplings)
-        self.phase_decoder = self._decoder(channels, upsamplings)
+        if self.light:
+            layers, current = self._upsamplings(channels, upsamplings - 1)
+            self.decoder = nn.SequentialCell(layers + [nn.Conv2dTranspose(
+                current, 2, 4, stride=2, pad_mode='same', has_bias=True, weight_init='zeros', bias_init='zeros')])
+        else:
+            def head():
+                layers, current = self._upsamplings(channels, upsamplings)
+                return nn.SequentialCell(layers + [nn.Conv2d(current, 1, 3, pad_mode='same', has_bias=True,
+                                                             weight_init='zeros', bias_init='zeros')])
+            self.amplitude_decoder, self.phase_decoder = head(), head()
         self.tanh = ops.Tanh()
 
     @staticmethod
-    def _decoder(channels, upsamplings):
+    def _upsamplings(channels, count):
+        """``count`` upsampling blocks from the bottleneck (channels[-1]) on, and the channels they end with."""
         layers = []
         current = channels[-1]
-        for k in range(upsamplings):
+        for k in range(count):
             nxt = channels[max(len(channels) - 2 - k, 0)]
             layers += _upsample_block(current, nxt)
             current = nxt
-        layers.append(nn.Conv2d(current, 1, 3, pad_mode='same', has_bias=True, weight_init='zeros', bias_init='zeros'))
-        return nn.SequentialCell(layers)
+        return layers, current
+
+    def decode(self, amplitudes):
+        """(B, C, H, W) network input -> the decoders' (log_amplitude, phase), each (B, H, W): the patch of a
+        diffraction network, the correction of the estimate of a holographic one."""
+        features = self.encoder(bin_frames(amplitudes, self.binning))
+        if self.light:
+            outputs = self.decoder(features)
+            return outputs[:, 0:1].squeeze(1), 3.14159265 * self.tanh(outputs[:, 1:2].squeeze(1))
+        return (self.amplitude_decoder(features).squeeze(1),
+                3.14159265 * self.tanh(self.phase_decoder(features).squeeze(1)))
 
     def construct(self, amplitudes):
         """(B, C, H, W) network input -> (log_amplitude, phase), each (B, H, W)."""
-        features = self.encoder(bin_frames(amplitudes, self.binning))
-        log_amplitude = self.amplitude_decoder(features).squeeze(1)
-        phase = 3.14159265 * self.tanh(self.phase_decoder(features).squeeze(1))
+        log_amplitude, phase = self.decode(amplitudes)
         if self.input_kind == 'holographic':  # the estimate 1 + (re, im) of channels 1 and 2, corrected
-            estimate_re, estimate_im = 1.0 + amplitudes[:, 1], amplitudes[:, 2]
+            # (ranges, not integer indices: on the CPU x[:, 1] costs 40x x[:, 1:2])
+            estimate_re, estimate_im = 1.0 + amplitudes[:, 1:2].squeeze(1), amplitudes[:, 2:3].squeeze(1)
             log_amplitude = log_amplitude + 0.5 * ops.log(ops.square(estimate_re) + ops.square(estimate_im) + 1e-6)
             phase = phase + ops.atan2(estimate_im, estimate_re)
         return log_amplitude, phase

@@ -22,7 +22,7 @@ from .device import COMPUTE_TYPES, select_device
 from .batches import Shards
 from .distributed import SingleProcess, allreduce_tensors
 from .gauge import fixed_gauge
-from .networks import NetworkExport, inputs_for, predict_patches, set_compute_precision
+from .networks import NetworkExport, PatchPredictor, inputs_for, set_compute_precision
 from .objective import JointObjective, PhysicsObjective, parameter_pair
 from .scan import patch_indices
 from .step import HessianRefresh, make_step, regularisation_parameter
@@ -106,7 +106,7 @@ class JointSolver:
         physics_step = make_step(PhysicsObjective(object_pair, probe_pair, propagator, settings.loss),
                                  self.optimizers + [None], settings, self.communicator, self.regularisation)
         self.phases = [Phase(0, physics_step, HessianRefresh(physics_step, self.communicator, self.object_shape))]
-        self.network, self.loss_scaler, self.statistics = None, None, []
+        self.network, self.loss_scaler, self.statistics, self.predictor = None, None, [], None
         if factories.network is not None:
             self.network = self._network(factories.network, h)
             self.network.set_train(True)
@@ -316,7 +316,9 @@ class JointSolver:
     def predict_patches(self, frames=None, batch_size=64):
         """The network's object patches, complex (N, H, W), for frames ``frames`` (default all)."""
         frames = np.arange(len(self.amplitudes)) if frames is None else np.asarray(frames)
-        return predict_patches(self._require_network(), self.amplitudes[frames], batch_size)
+        if self.predictor is None:
+            self.predictor = PatchPredictor(self._require_network())
+        return self.predictor(self.amplitudes[frames], batch_size)
 
     def export_network(self):
         """The trained network as a :class:`NetworkExport` (for :func:`ptypy_npu.models.save_model`)."""

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
-from ptypy_npu.networks import W1Network
+from ptypy_npu.networks import PatchPredictor, W1Network, bin_frames
 from ptypy_npu.optim import HessianVectorProduct
 
 
@@ -26,7 +26,8 @@ def test_untrained_w1net_predicts_free_space():
                                               ({'frame_size': 64, 'depth': 0}, 'network.depth'),
                                               ({'frame_size': 64, 'binning': 3}, 'network.binning'),
                                               ({'frame_size': 64, 'width': 0}, 'network.width'),
-                                              ({'frame_size': 64, 'input': 'image'}, 'network.input')])
+                                              ({'frame_size': 64, 'input': 'image'}, 'network.input'),
+                                              ({'frame_size': 64, 'decoder': 'none'}, 'network.decoder')])
 def test_w1net_names_the_setting_it_cannot_take(kwargs, parameter):
     with pytest.raises(ValueError, match=parameter):
         W1Network(**kwargs)
@@ -78,3 +79,36 @@ def test_untrained_holographic_w1net_returns_the_patch_estimate_of_its_input():
     estimate = (1 + inputs[:, 1]) + 1j * inputs[:, 2]
     np.testing.assert_allclose(log_amplitude.asnumpy(), np.log(np.abs(estimate)), atol=1e-5)
     np.testing.assert_allclose(phase.asnumpy(), np.angle(estimate), atol=1e-5)
+
+
+@pytest.mark.parametrize('decoder', ['twin', 'light'])
+def test_patch_predictor_equals_the_networks_own_patches(decoder):
+    """The predictor's numpy product estimate x exp(correction) against exp(log_amplitude + i phase) of the
+    network's graph (its log/atan2 tail), with random weights so the correction is not zero."""
+    rng = np.random.default_rng(1)
+    net = W1Network(64, width=4, binning=2, input='holographic', decoder=decoder)
+    for p in net.trainable_params():
+        p.set_data(Tensor(rng.normal(scale=0.2, size=p.shape).astype(np.float32)))
+    inputs = rng.uniform(-0.5, 0.5, (5, 3, 64, 64)).astype(np.float32)
+    net.set_train(False)
+    log_amplitude, phase = (x.asnumpy() for x in net(Tensor(inputs)))
+    expected = np.exp(log_amplitude + 1j * phase)
+    assert np.std(log_amplitude - np.log(np.abs((1 + inputs[:, 1]) + 1j * inputs[:, 2]))) > 1e-2  # corrected
+    net.set_train(True)
+    patches = PatchPredictor(net)(inputs, batch_size=2)  # padded last batch
+    np.testing.assert_allclose(patches, expected, rtol=1e-4, atol=1e-5)
+    assert net.training  # the network's mode is restored
+
+
+def test_untrained_light_decoder_returns_the_patch_estimate():
+    inputs = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 3, 64, 64)).astype(np.float32)
+    log_amplitude, phase = W1Network(64, width=4, binning=2, input='holographic', decoder='light')(Tensor(inputs))
+    estimate = (1 + inputs[:, 1]) + 1j * inputs[:, 2]
+    np.testing.assert_allclose(log_amplitude.asnumpy(), np.log(np.abs(estimate)), atol=1e-5)
+    np.testing.assert_allclose(phase.asnumpy(), np.angle(estimate), atol=1e-5)
+
+
+def test_binning_sums_pixel_blocks():
+    frames = np.random.default_rng(0).random((2, 3, 16, 16)).astype(np.float32)
+    expected = frames.reshape(2, 3, 4, 4, 4, 4).sum(axis=(3, 5))
+    np.testing.assert_allclose(bin_frames(Tensor(frames), 4).asnumpy(), expected, rtol=1e-6)
