@@ -1,6 +1,6 @@
 """One-pass inference with a trained W1Net model: frames/s by batch size, and a whole scan against DM.
 
-    ONEDNN_MAX_CPU_ISA=AVX2 GLOG_v=3 python benchmarks/inference.py [--skip-ptypy]
+    ONEDNN_MAX_CPU_ISA=AVX2 GLOG_v=3 python benchmarks/inference.py [--skip-ptypy] [--variants fast,default]
 
 1. Frames per second of predict + stitch (``StreamingReconstruction.feed``) at batch
    sizes 1, 16, 64 and 256, for 64-px frames (W1Net, binning 1) and 128-px frames (the
@@ -124,6 +124,8 @@ def moonflower_versus_dm(workdir, args):
     data.probe = next(iter(P.probe.storages.values())).data.copy()  # the instrument's probe: DM's
     rows = []
     for name, options in VARIANTS.items():
+        if name.split()[0] not in args.variants.split(','):
+            continue
         chosen = settings.make({**PRETRAINING_DEFAULTS, 'network': options})
         scans, truths, _ = corpus(instrument(data), args.objects, args.corpus_frames, seed=0)
         solver = pretraining_solver(scans, truths, chosen)
@@ -154,6 +156,8 @@ def main():
     parser.add_argument('--objects', type=int, default=8, help='corpus objects of the variants\' pretraining')
     parser.add_argument('--corpus-frames', type=int, default=100, help='frames per corpus object')
     parser.add_argument('--epochs', type=int, default=10, help='pretraining epochs of each variant')
+    parser.add_argument('--variants', default=','.join(name.split()[0] for name in VARIANTS),
+                        help='comma-separated first words of the variants to run (default: all)')
     args = parser.parse_args()
     print(f"== predict + stitch, frames/s ({FRAMES} frames; warm-up = first batch, compiles the graph) ==")
     print(f"{'frame':>6s} " + ' '.join(f"{'batch ' + str(b):>10s}" for b in BATCH_SIZES) + '   warm-up s')

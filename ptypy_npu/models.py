@@ -227,12 +227,14 @@ class StreamingReconstruction:
         """Stitch patches one after another, each turned by the phase that matches it to what is stitched."""
         h, w = self.model.frame_shape
         floor = STITCH_THRESHOLD * self.weight.max()
-        for patch, (row, col) in zip(patches, np.asarray(positions, int)):
+        stitched = np.empty((h, w), np.complex64)
+        for weighted, (row, col) in zip(self.weight * patches, np.asarray(positions, int)):
             window = np.s_[row:row + h, col:col + w]
             numerator, denominator = self.numerator[window], self.denominator[window]  # views
-            stitched = np.where(denominator > floor, numerator / np.maximum(denominator, floor), 0)
-            match = np.vdot(patch, self.weight * stitched)  # sum of conj(patch) w O where O is stitched
-            numerator += self.weight * patch * (match / abs(match) if abs(match) > 0 else 1.0)
+            stitched[:] = 0
+            np.divide(numerator, denominator, out=stitched, where=denominator > floor)
+            match = np.vdot(weighted, stitched)  # sum of w conj(patch) O where O is stitched
+            numerator += weighted * (match / abs(match) if abs(match) > 0 else 1.0)
             denominator += self.weight
 
     def run(self, chunks):

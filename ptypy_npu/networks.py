@@ -87,11 +87,12 @@ class PatchPredictor:
     """Complex object patches (N, H, W) complex64 that a network predicts from inputs (N, C, H, W), in one pass.
 
     Inference mode (BatchNorm's running statistics), so a frame's patch does not depend on the other frames
-    of its batch (the network's mode is restored after); batches have one fixed shape (the last is padded),
-    so one compiled graph serves them all. The graph of a holographic network with a ``decode`` method (as
-    :class:`W1Network`) stops at its decoders, and their correction multiplies the estimate (input
-    channels 1 and 2) here, in float32 numpy: on a CPU the network's own log/atan2 tail and a complex
-    exponential would cost as much as the light network itself.
+    of its batch (the network's mode is restored after). The N frames go in batches of one shape, at most
+    ``batch_size`` and evened out (the last padded by fewer frames than there are batches), so one compiled
+    graph serves a call, and every call of the same N (fixed-size chunks of a stream). The graph of a
+    holographic network with a ``decode`` method (as :class:`W1Network`) stops at its decoders, and their
+    correction multiplies the estimate (input channels 1 and 2) here, in float32 numpy: on a CPU the
+    network's own log/atan2 tail and a complex exponential would cost as much as the light network itself.
     """
 
     def __init__(self, network):
@@ -104,19 +105,21 @@ class PatchPredictor:
         training = self.network.training
         self.graph.set_train(False)
         n = len(inputs)
+        batch_size = -(-n // -(-n // batch_size))  # ceil(n / number of batches)
         padded = np.concatenate([inputs, np.repeat(inputs[-1:], (-n) % batch_size, axis=0)])
-        patches = np.empty((len(padded),) + padded.shape[2:], np.complex64)
-        for start in range(0, len(padded), batch_size):
+        patches = np.empty((n,) + padded.shape[2:], np.complex64)
+        for start in range(0, n, batch_size):
             batch = padded[start:start + batch_size]
-            log_amplitude, phase = self.graph(Tensor(batch))
-            magnitude, phase = np.exp(log_amplitude.asnumpy()), phase.asnumpy()
+            log_amplitude, phase = (output.asnumpy()[:n - start] for output in self.graph(Tensor(batch)))
+            batch = batch[:n - start]
+            magnitude = np.exp(log_amplitude)
             real, imag = magnitude * np.cos(phase), magnitude * np.sin(phase)
             if self.corrects_estimate:  # times the estimate (1 + channel 1) + i channel 2
                 estimate_re, estimate_im = 1 + batch[:, 1], batch[:, 2]
                 real, imag = estimate_re * real - estimate_im * imag, estimate_re * imag + estimate_im * real
             patches[start:start + batch_size].real, patches[start:start + batch_size].imag = real, imag
         self.graph.set_train(training)  # a training network goes on training
-        return patches[:n]
+        return patches
 
 
 class _Decoders(nn.Cell):
