@@ -21,8 +21,11 @@ def ptypy_npu_networks():
     normalised amplitudes (B, 1, H, W) to ``(log_amplitude, phase)``, each (B, H, W)
     (see :mod:`ptypy_npu.networks`). ``settings`` are the engine's ``network`` subtree
     without ``name`` (``input`` only when not 'diffraction': a network that takes the
-    holographic input (B, 3, H, W) accepts it and says so by ``input_kind = 'holographic'``);
-    raise ``ValueError`` naming the setting for values it cannot take.
+    holographic input (B, 3, H, W) accepts it and says so by ``input_kind = 'holographic'``;
+    ``decoder`` only when not 'twin'); raise ``ValueError`` naming the setting for values it
+    cannot take. A holographic network may offer ``decode(inputs)``, its correction of the
+    estimate as ``(log_amplitude, phase)``, which one-pass inference then applies in numpy
+    (:class:`ptypy_npu.networks.PatchPredictor`).
     """
 
 

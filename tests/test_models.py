@@ -42,6 +42,20 @@ def test_saved_model_predicts_bitwise_what_the_solver_predicts(trained):
     assert set(sidecar['versions']) == {'ptypy_npu', 'mindspore'} and sidecar['training']['epochs'] == 3
 
 
+def test_a_light_holographic_model_round_trips_with_its_decoder(tmp_path):
+    data, _ = simulate_scan(frame_size=64, count=24, photons=1e6, seed=3)
+    solver = make_solver(data, {**SMALL_NETWORK, 'network.start': 0, 'network.input': 'holographic',
+                                'network.decoder': 'light', 'probe_update.start': None})
+    solver.run(2)
+    save_model(str(tmp_path / 'light'), solver.export_network())
+    model = load_model(str(tmp_path / 'light'))
+    assert model.sidecar['network'] == {'name': 'W1Network', 'depth': 2, 'width': 4, 'binning': 1,
+                                        'input': 'holographic', 'decoder': 'light'}
+    # the same estimates from the saved probe (rescaled to the photons, so equal up to rounding)
+    np.testing.assert_allclose(model.predict(data.validate().intensities), solver.predict_patches(), rtol=1e-4,
+                               atol=1e-5)
+
+
 def test_a_model_is_never_silently_replaced(trained, tmp_path):
     solver, directory, _ = trained
     before = open(os.path.join(directory, 'model.json')).read()
