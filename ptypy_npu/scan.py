@@ -130,19 +130,6 @@ def add_patches(patches, positions, object_shape):
     return total.reshape(object_shape)
 
 
-#: Object pixels whose summed illumination is below this fraction of its maximum count as unlit (:func:`redundancy`).
-LIT_LEVEL = 0.1
-
-
-def redundancy(total_illumination, n_frames, frame_shape):
-    """Measured detector pixels per lit object pixel: ``n_frames * H * W`` over the object pixels whose
-    summed probe intensity ``total_illumination`` (Ho, Wo) (:func:`illumination` of all frames) exceeds
-    :data:`LIT_LEVEL` of its maximum. The simulator's 64-px scans: about 33 at a step of 0.15 of the
-    frame, 10 at 0.3, 100 at 0.08."""
-    lit = np.count_nonzero(total_illumination > LIT_LEVEL * total_illumination.max())
-    return n_frames * frame_shape[0] * frame_shape[1] / max(lit, 1)
-
-
 def illumination(probe, positions, object_shape):
     """Summed probe intensity (Ho, Wo) of the frames at ``positions`` (N, 2) top-left object pixels;
     ``probe`` is (M, H, W) or (H, W) complex."""

@@ -25,10 +25,6 @@ NETWORK_INPUTS = ('diffraction', 'holographic')
 #: W1Network's decoders: two full ones (log-amplitude, phase), or one light one for both (fast inference).
 NETWORK_DECODERS = ('twin', 'light')
 
-#: Redundancy (measured pixels per lit object pixel, :func:`ptypy_npu.scan.redundancy`) of the scans on which
-#: the dose rules of :meth:`Settings.adapted_to_dose` were tuned: 64-px frames at a step of 0.15 of the frame.
-REFERENCE_REDUNDANCY = 33.0
-
 #: Learning rate of each built-in optimizer per parameter group, the best of sweeps on
 #: MoonFlowerScan (``benchmarks/optimizers.py``); a group whose ``learning_rate`` is None
 #: takes its optimizer's. Object and probe rates act on illumination-normalised gradients
@@ -202,23 +198,18 @@ class Settings:
     def uses_network(self):
         return self.network.name is not None
 
-    def adapted_to_dose(self, photons_per_pixel, n_frames, processes=1, redundancy=REFERENCE_REDUNDANCY):
+    def adapted_to_dose(self, photons_per_pixel, n_frames, processes=1):
         """These settings with the choices left to the data (None) made from the mean counts per detector
         pixel, the best on families of simulated scans (64 px, 1e4-1e7 photons per frame, two probe
         shapes): noisy data want steps averaged over more frames and a more strongly regularised
-        normaliser, clean data many small batches. A scan of less ``redundancy`` (measured pixels per lit
-        object pixel, :func:`ptypy_npu.scan.redundancy`) than those families' (:data:`REFERENCE_REDUNDANCY`)
-        counts as one of a lower dose, ``photons_per_pixel * (redundancy / 33)**2``: with fewer
-        measurements per unknown its steps fit the noise sooner (64 px, 1e6 photons, step 0.3 of the frame,
-        redundancy 10: object error 0.134 against 0.204 from the unscaled dose; 1e5 and 1e9 photons at
-        that step unchanged):
+        normaliser, clean data many small batches:
 
         * ``illumination_regularisation = sqrt(5 / photons_per_pixel)``, within [0.1, 3], the start: the
           solver doubles it whenever the Fourier error stalls (``JointSolver._adapt_regularisation``);
         * ``batch_size = 400 / photons_per_pixel`` rounded to a power of two, within [4, 16], a multiple
           of ``processes`` and at most the ``n_frames`` of the scan.
         """
-        counts = max(photons_per_pixel * min(1.0, redundancy / REFERENCE_REDUNDANCY) ** 2, 1e-12)
+        counts = max(photons_per_pixel, 1e-12)
         delta = self.illumination_regularisation
         if delta is None:
             delta = float(min(max(math.sqrt(5.0 / counts), 0.1), 3.0))

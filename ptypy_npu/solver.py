@@ -24,7 +24,7 @@ from .distributed import SingleProcess, allreduce_tensors
 from .gauge import fixed_gauge
 from .networks import NetworkExport, PatchPredictor, inputs_for, set_compute_precision
 from .objective import JointObjective, PhysicsObjective, parameter_pair
-from .scan import illumination, patch_indices, redundancy
+from .scan import patch_indices
 from .step import HessianRefresh, make_step, regularisation_parameter
 
 logger = logging.getLogger(__name__)
@@ -84,14 +84,11 @@ class JointSolver:
         self.shards = Shards(n, self.communicator, shard_sizes)
         counts, pixels = self.communicator.allreduce(np.array([np.sum(self.data.intensities * self.data.mask),
                                                                np.sum(self.data.mask)], np.float32))
-        lit = self.communicator.allreduce(illumination(self.data.probe, self.data.positions,
-                                                       self.data.obj.shape).astype(np.float32))
-        scan_redundancy = redundancy(lit, self.shards.total, (h, w))
         self.adapts_regularisation = settings.illumination_regularisation is None
         self.settings = settings = settings.validate(self.shards.total, len(self.shards.sizes)).adapted_to_dose(
-            counts / pixels, self.shards.total, len(self.shards.sizes), scan_redundancy)
-        logger.info(f"{counts / pixels:.3g} photons per detector pixel, redundancy {scan_redundancy:.3g}: batch_size "
-                    f"{settings.batch_size}, illumination_regularisation {settings.illumination_regularisation:.3g}")
+            counts / pixels, self.shards.total, len(self.shards.sizes))
+        logger.info(f"{counts / pixels:.3g} photons per detector pixel: batch_size {settings.batch_size}, "
+                    f"illumination_regularisation {settings.illumination_regularisation:.3g}")
         select_device(settings.device)
         ms.set_seed(settings.seed)
         self.rng = np.random.default_rng(settings.seed)

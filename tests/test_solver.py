@@ -10,7 +10,7 @@ from mindspore import Tensor, ops
 from ptypy_npu import settings
 from ptypy_npu.metrics import illuminated_region, registered_error
 from ptypy_npu.plugins import build_solver
-from ptypy_npu.scan import illumination, redundancy
+from ptypy_npu.scan import illumination
 from ptypy_npu.solver import MAX_REGULARISATION
 from ptypy_npu.simulate import simulate_scan
 
@@ -167,28 +167,6 @@ def test_the_normalisers_delta_doubles_when_the_fourier_error_stalls(scan):
     assert float(given.regularisation.asnumpy()) == pytest.approx(0.2)  # the user's delta is kept
 
 
-def test_redundancy_counts_measured_pixels_per_lit_object_pixel():
-    """A flat 4 x 4 probe on a 2 x 2 grid: at step 4 the frames tile 8 x 8 object pixels (64 measured
-    pixels on 64 lit ones), at step 2 they overlap on 6 x 6."""
-    probe = np.ones((1, 4, 4))
-    for step, lit in ((4, 64), (2, 36)):
-        positions = np.array([(row, col) for row in (0, step) for col in (0, step)])
-        total = illumination(probe, positions, (10, 10))
-        assert redundancy(total, 4, (4, 4)) == pytest.approx(64 / lit)
-
-
-def test_a_sparse_scan_takes_the_settings_of_a_lower_dose():
-    """Below the reference redundancy the dose counts (R / 33)^2 as much: half the redundancy, a quarter
-    of the counts, so twice the delta sqrt(5 / counts) and four times the batch 400 / counts."""
-    chosen = settings.make({})
-    dense = chosen.adapted_to_dose(100.0, 1000, redundancy=2 * settings.REFERENCE_REDUNDANCY)
-    reference = chosen.adapted_to_dose(100.0, 1000)
-    sparse = chosen.adapted_to_dose(100.0, 1000, redundancy=settings.REFERENCE_REDUNDANCY / 2)
-    assert dense == reference and reference.illumination_regularisation == pytest.approx(np.sqrt(0.05))
-    assert sparse.illumination_regularisation == pytest.approx(2 * np.sqrt(0.05))
-    assert (reference.batch_size, sparse.batch_size) == (4, 16)
-
-
 def test_the_compiled_step_reads_the_normalisers_delta_as_it_changes(scan):
     """The object's change of one sgd step (unit length) is -g / (c (w + delta max w)): two deltas on the
     same batch give changes in the ratio that the batch's illumination w, summed in numpy, predicts."""
@@ -245,8 +223,7 @@ def test_repeated_divergence_stops_with_the_last_good_state(scan):
 
 def test_float16_network_trains_as_float32_does(scan):
     """Mixed precision: the network computes in float16, its weights stay float32, and the steps
-    (loss in batch photons, dynamic scale 2**16) follow float32's: epoch losses within 0.5 % (rounding parts
-    the trajectories slowly: measured 0.08 % after two epochs, 0.3 % after three)."""
+    (loss in batch photons, dynamic scale 2**16) follow float32's: epoch losses within 0.3 %."""
     data, _ = scan
     runs = {}
     for precision in ('float32', 'float16'):
@@ -258,7 +235,7 @@ def test_float16_network_trains_as_float32_does(scan):
     assert all(p.dtype == ms.float32 for p in half.network.get_parameters())
     assert float(half.loss_scaler.scale_value.asnumpy()) == 2.0 ** 16  # no overflow in 32 steps
     np.testing.assert_allclose([h['loss'] for h in half.history], [h['loss'] for h in runs['float32'].history],
-                               rtol=5e-3)
+                               rtol=3e-3)
 
 
 def test_float16_steps_that_overflow_are_skipped_and_halve_the_loss_scale(scan):
