@@ -153,7 +153,7 @@ class PhysicsObjective(nn.Cell):
     def no_prior(self, patch_re):
         """The object's prior terms (:meth:`JointObjective.prior_terms` layout) of an objective without one."""
         zero = ops.zeros_like(patch_re)
-        return zero, zero, zero[0, 0, 0] * 0.0
+        return zero, zero, ops.zeros((), patch_re.dtype)
 
     def step_products(self, indices, object_direction, probe_direction):
         """``(object_wave, probe_wave)``: the pre-applied exit-wave changes (B, M, H, W), each a re/im
