@@ -26,8 +26,8 @@ import numpy as np
 BATCH_SIZES = (1, 16, 64, 256)
 #: Network variants of the MoonFlowerScan table (W1Network options), all with the holographic input.
 VARIANTS = {'default (depth 3, width 8, bin 2)': dict(depth=3, width=8, binning=2, input='holographic'),
-            'light (depth 3, width 4, bin 4)': dict(depth=3, width=4, binning=4, input='holographic'),
-            'lighter (depth 2, width 4, bin 4)': dict(depth=2, width=4, binning=4, input='holographic'),
+            'narrow (depth 3, width 4, bin 4)': dict(depth=3, width=4, binning=4, input='holographic'),
+            'shallow (depth 2, width 4, bin 4)': dict(depth=2, width=4, binning=4, input='holographic'),
             'fast (depth 3, width 4, bin 4, light decoder)': dict(depth=3, width=4, binning=4, input='holographic',
                                                                   decoder='light')}
 #: One-pass timings per variant; the median is reported.
@@ -124,7 +124,7 @@ def moonflower_versus_dm(workdir, args):
     data.probe = next(iter(P.probe.storages.values())).data.copy()  # the instrument's probe: DM's
     rows = []
     for name, options in VARIANTS.items():
-        if name.split()[0] not in args.variants.split(','):
+        if name.split()[0] not in args.variants:
             continue
         chosen = settings.make({**PRETRAINING_DEFAULTS, 'network': options})
         scans, truths, _ = corpus(instrument(data), args.objects, args.corpus_frames, seed=0)
@@ -147,7 +147,7 @@ def moonflower_versus_dm(workdir, args):
     flat = registered_error(np.ones_like(truth), truth, region)
     infer = timed(ptycho(), dict(name='W1Net', mode='infer', numiter=1, model=u.Param(load=directory)))
     return {'frames': len(data.positions), 'dm': dm, 'rows': rows, 'flat': flat, 'engine': infer,
-            'engine_variant': name}
+            'engine_variant': rows[-1][0]}
 
 
 def main():
@@ -159,6 +159,10 @@ def main():
     parser.add_argument('--variants', default=','.join(name.split()[0] for name in VARIANTS),
                         help='comma-separated first words of the variants to run (default: all)')
     args = parser.parse_args()
+    args.variants = args.variants.split(',')
+    known = [name.split()[0] for name in VARIANTS]
+    if set(args.variants) - set(known):
+        parser.error(f"--variants: unknown {sorted(set(args.variants) - set(known))}; known: {known}")
     print(f"== predict + stitch, frames/s ({FRAMES} frames; warm-up = first batch, compiles the graph) ==")
     print(f"{'frame':>6s} " + ' '.join(f"{'batch ' + str(b):>10s}" for b in BATCH_SIZES) + '   warm-up s')
     for frame_size, binning in ((64, 1), (128, 2)):

@@ -164,7 +164,7 @@ def _solve(args):
         data = dataclasses.replace(data, obj=model.reconstruct(data))
         print(f"started from the one-pass reconstruction of {args.model}", flush=True)
         if chosen.uses_network:
-            chosen = settings.make({'network': dict(model.sidecar['network'])}, chosen)
+            chosen = settings.make({'network': model.network_settings()}, chosen)
             options['input_scale'] = model.sidecar['input']['scale']
     solver = build_solver(data, chosen, **options)
     if model is not None and chosen.uses_network:

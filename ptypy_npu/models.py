@@ -24,6 +24,7 @@ from .distributed import allreduce_arrays
 from .files import atomic_output
 from .networks import PatchPredictor, copy_weights, inputs_for, network_weights
 from .scan import add_patches
+from .settings import Network
 
 MODEL_FORMAT = 'ptypy-npu-model/1'
 WEIGHTS_FILE, PROBE_FILE, SIDECAR_FILE = 'weights.safetensors', 'probe.npy', 'model.json'
@@ -79,6 +80,13 @@ class TrainedModel:
         self.sidecar = sidecar
         self.probe = probe
         self.predictor = PatchPredictor(network)
+
+    def network_settings(self):
+        """The settings' ``network`` subtree (without ``start``) that rebuilds this model's network: its
+        sidecar's options over the defaults of those a sidecar leaves out when they hold their defaults
+        (``input``, ``decoder``), so a model rebuilds as saved whatever the user's own settings say."""
+        defaults = Network()
+        return {'input': defaults.input, 'decoder': defaults.decoder, **self.sidecar['network']}
 
     @property
     def frame_shape(self):

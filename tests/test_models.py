@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from ptypy_npu import cli
+from ptypy_npu import cli, settings
 from ptypy_npu.io import CXI_PATHS, PLANCK_TIMES_LIGHT, load_cxi_scan
 from ptypy_npu.metrics import illuminated_region, registered_error
 from ptypy_npu.models import StreamingReconstruction, load_model, save_model
@@ -54,6 +54,15 @@ def test_a_light_holographic_model_round_trips_with_its_decoder(tmp_path):
     # the same estimates from the saved probe (rescaled to the photons, so equal up to rounding)
     np.testing.assert_allclose(model.predict(data.validate().intensities), solver.predict_patches(), rtol=1e-4,
                                atol=1e-5)
+
+
+def test_a_model_rebuilds_as_saved_whatever_the_users_network_settings(trained):
+    """A sidecar leaves out options at their defaults (input 'diffraction', decoder 'twin'): the user's own
+    choice of them must not replace the saved network's."""
+    _, directory, _ = trained
+    users = settings.make({'network.input': 'holographic', 'network.decoder': 'light', 'network.depth': 3})
+    rebuilt = settings.make({'network': load_model(directory).network_settings()}, users)
+    assert (rebuilt.network.input, rebuilt.network.decoder, rebuilt.network.depth) == ('diffraction', 'twin', 2)
 
 
 def test_a_model_is_never_silently_replaced(trained, tmp_path):

@@ -48,10 +48,11 @@ class _PatchLoss(nn.Cell):
         return ((log_amplitude - target) ** 2).sum() + (phase ** 2 * target).sum()
 
 
-def test_hessian_vector_product_is_symmetric_in_graph_mode():
+@pytest.mark.parametrize('decoder', ['twin', 'light'])
+def test_hessian_vector_product_is_symmetric_in_graph_mode(decoder):
     """u . Hv = v . Hu for a W1Network loss (double backpropagation through every layer type)."""
     rng = np.random.default_rng(0)
-    net = W1Network(32, depth=2, width=2)
+    net = W1Network(32, depth=2, width=2, decoder=decoder)
     net.set_train(False)  # fixed BatchNorm statistics: the loss is a function of the weights alone
     for p in net.trainable_params():  # non-zero heads so every layer has curvature
         p.set_data(Tensor(rng.normal(scale=0.3, size=p.shape).astype(np.float32)))
@@ -69,6 +70,16 @@ def test_hessian_vector_product_is_symmetric_in_graph_mode():
     v_hu = sum(float((a.asnumpy().astype(np.float64) * b.asnumpy()).sum()) for a, b in zip(v, hu))
     assert abs(u_hv) > 1e-3
     assert abs(u_hv - v_hu) <= 1e-3 * max(abs(u_hv), abs(v_hu))
+
+
+def test_twin_decoder_weights_keep_the_names_saved_models_hold():
+    """Weights load by name: the names of models saved before the light decoder existed."""
+    batch_norm = ('beta', 'gamma', 'moving_mean', 'moving_variance')
+    expected = {f'encoder.{k}.weight' for k in (0, 3, 6)} | {f'encoder.{k}.{p}' for k in (1, 4, 7) for p in batch_norm}
+    for head in ('amplitude_decoder', 'phase_decoder'):
+        expected |= {f'{head}.{k}.weight' for k in (0, 3, 6)} | {f'{head}.6.bias'}
+        expected |= {f'{head}.{k}.{p}' for k in (1, 4) for p in batch_norm}
+    assert {name for name, _ in W1Network(32, depth=2, width=2, binning=1).parameters_and_names()} == expected
 
 
 def test_untrained_holographic_w1net_returns_the_patch_estimate_of_its_input():

@@ -188,8 +188,7 @@ class W1Net(BaseEngine):
                 self.model.check(data)
             except ValueError as error:
                 raise self._refuse('model.load', f"does not fit this scan: {error}") from error
-            network = dict(self.model.sidecar['network'],
-                           start=0 if s.mode == 'finetune' else s.network.start)
+            network = dict(self.model.network_settings(), start=0 if s.mode == 'finetune' else s.network.start)
             s = settings.make({'network': network}, s)
             input_scale, weights = self.model.sidecar['input']['scale'], network_weights(self.model.network)
         if s.mode == 'infer':
