@@ -123,3 +123,8 @@ def test_binning_sums_pixel_blocks():
     frames = np.random.default_rng(0).random((2, 3, 16, 16)).astype(np.float32)
     expected = frames.reshape(2, 3, 4, 4, 4, 4).sum(axis=(3, 5))
     np.testing.assert_allclose(bin_frames(Tensor(frames), 4).asnumpy(), expected, rtol=1e-6)
+
+
+def test_patch_predictor_refuses_no_frames():
+    with pytest.raises(ValueError, match='no frames'):
+        PatchPredictor(W1Network(64, width=4))(np.zeros((0, 1, 64, 64), np.float32))
