@@ -94,10 +94,10 @@ class PatchPredictor:
     of its batch (the network's mode is restored after). The N frames go in batches of one shape: at most
     ``batch_size``, evened out over the batches and rounded up to a multiple of :data:`BATCH_QUANTUM` (the
     last batch padded), so few frames are computed in vain and calls of other N reuse few compiled graphs
-    (at most ``batch_size / BATCH_QUANTUM``). The graph of a
-    holographic network with a ``decode`` method (as :class:`W1Network`) stops at its decoders, and their
-    correction multiplies the estimate (input channels 1 and 2) here, in float32 numpy: on a CPU the
-    network's own log/atan2 tail and a complex exponential would cost as much as the light network itself.
+    (at most ``batch_size / BATCH_QUANTUM``). The graph of a holographic network with a ``decode`` method
+    (as :class:`W1Network`) stops at its decoders, and their correction multiplies the estimate (input
+    channels 1 and 2) here, in float32 numpy: on a CPU the network's own log/atan2 tail and a complex
+    exponential would cost as much as the light network itself.
     """
 
     def __init__(self, network):
@@ -114,13 +114,13 @@ class PatchPredictor:
         self.graph.set_train(False)
         batches = -(-n // batch_size)
         batch_size = min(batch_size, BATCH_QUANTUM * -(-n // (batches * BATCH_QUANTUM)))
-        padded = np.concatenate([inputs, np.repeat(inputs[-1:], (-n) % batch_size, axis=0)])
-        patches = np.empty((n,) + padded.shape[2:], np.complex64)
+        patches = np.empty((n,) + inputs.shape[2:], np.complex64)
         for start in range(0, n, batch_size):
-            batch = padded[start:start + batch_size]
-            log_amplitude, phase = (output.asnumpy()[:n - start].astype(np.float32, copy=False)
-                                    for output in self.graph(Tensor(batch)))  # float16 networks too
-            batch = batch[:n - start]
+            batch = inputs[start:start + batch_size]
+            padded = batch if len(batch) == batch_size else \
+                np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch), axis=0)])
+            log_amplitude, phase = (output.asnumpy()[:len(batch)].astype(np.float32, copy=False)
+                                    for output in self.graph(Tensor(padded)))  # float16 networks too
             magnitude = np.exp(log_amplitude)
             real, imag = magnitude * np.cos(phase), magnitude * np.sin(phase)
             if self.corrects_estimate:  # times the estimate (1 + channel 1) + i channel 2
