@@ -182,17 +182,23 @@ class AdaHessian(AdamW):
     * for images (the object and the probe: the solver's defaults there), ``curvature='gauss_newton'``
       (the data term's Gauss-Newton product, positive; its diagonal is the illumination-weighted
       curvature ePIE divides by), ``spatial_window`` px and ``lazy=True``: a pixel's moments and its
-      own step count (its bias correction) advance only when a batch lights it (non-zero gradient), as
-      LazyAdam's do, so pixels lit rarely are neither overshot by dense moments nor corrected as if
-      often seen. A refresh keeps the older estimate where its batch lit nothing, and a pixel no
-      refresh has measured yet waits (no step) rather than divide by a zero curvature.
-      ``regularisation`` adds that multiple of the largest D to every D, as the illumination
-      normaliser's delta does.
+      own bias corrections (``beta^n``, n its own step count) advance only when a batch lights it
+      (non-zero gradient), as LazyAdam's do, so pixels lit rarely are neither overshot by dense moments
+      nor corrected as if often seen. A refresh keeps the older estimate where its batch lit nothing;
+      a pixel no refresh has measured yet takes the expected curvature the solver's step hands
+      :meth:`precondition` (the Gauss-Newton diagonal's mean, from the batch's illumination), so no
+      refresh interval leaves a newly lit pixel without curvature. ``regularisation`` adds that
+      multiple of the largest D to every D, as the illumination normaliser's delta does. The solver's
+      step drives this variant in two calls, :meth:`precondition` (moments and directions) and then
+      the optimizer on those directions; with ``step_lengths=True`` it scales them first by LSQML's
+      optimal step lengths along them (:mod:`ptypy_npu.step`), so the learning rate is a multiple of the
+      optimal step.
     """
     needs_hessian = True
 
     def __init__(self, params, learning_rate=0.1, betas=(0.9, 0.999), eps=1e-4, weight_decay=0.0,
-                 hessian_power=1.0, lazy=False, curvature='hessian', regularisation=0.0, spatial_window=0):
+                 hessian_power=1.0, lazy=False, curvature='hessian', regularisation=0.0, spatial_window=0,
+                 step_lengths=False):
         super().__init__(params, learning_rate, betas, eps, weight_decay, hessian_power)
         if curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {', '.join(CURVATURES)}, got {curvature!r}")
@@ -203,10 +209,15 @@ class AdaHessian(AdamW):
         if isinstance(spatial_window, bool) or not isinstance(spatial_window, int) or spatial_window < 0:
             raise ValueError(f"spatial_window must be a whole number of pixels >= 0, got {spatial_window!r}")
         self.lazy, self.curvature, self.regularisation = lazy, curvature, float(regularisation)
+        if not isinstance(step_lengths, bool) or (step_lengths and not lazy):
+            raise ValueError(f"step_lengths must be True (with lazy=True) or False, got {step_lengths!r}")
         self.spatial_window = spatial_window
+        self.takes_step_lengths = step_lengths
         self.hessian_diagonal = self.parameters.clone(prefix='adahessian_d', init='zeros')
+        self.preconditions = lazy  # the solver's step calls precondition(), then the optimizer on its directions
         if lazy:
-            self.step_counts = self.parameters.clone(prefix='adahessian_t', init='zeros')
+            self.moment_decays = self.parameters.clone(prefix='adahessian_b1n', init='ones')
+            self.curvature_decays = self.parameters.clone(prefix='adahessian_b2n', init='ones')
 
     def refresh_hessian(self, diagonals):
         """Store the new estimates D (one tensor per parameter); lazy, only where they are measured (> 0)."""
@@ -219,31 +230,54 @@ class AdaHessian(AdamW):
     def curvatures(self, gradients):
         return self.hessian_diagonal
 
+    def root(self, corrected):
+        """``corrected^(k/2)``; by square roots for k = 1 and 1/2 (CPU pow is an exp and a log, several times slower)."""
+        if self.half_power == 0.5:
+            return ops.sqrt(corrected)
+        if self.half_power == 0.25:
+            return ops.sqrt(ops.sqrt(corrected))
+        return ops.pow(corrected, self.half_power)
+
+    def precondition(self, gradients, expected_curvatures):
+        """The lazy variant's directions ``m^ / (s^^(k/2) + eps) + wd p``, zero where a pixel does not move
+        (zero gradient), one per parameter, its moments and bias corrections advanced (class docstring).
+        ``expected_curvatures`` (one per parameter, broadcastable) stand in where no refresh has measured D."""
+        directions = []
+        for param, moment, curvature_moment, decays, curvature_decays, stored, grad, expected in zip(
+                self.parameters, self.moments, self.curvature_moments, self.moment_decays, self.curvature_decays,
+                self.hessian_diagonal, gradients, expected_curvatures):
+            lit = ops.cast(grad != 0, grad.dtype)
+            diagonal = ops.select(stored > 0, stored, ops.broadcast_to(expected, stored.shape))
+            curvature = diagonal + self.regularisation * diagonal.max()
+            new_moment = moment + lit * (1 - self.beta1) * (grad - moment)
+            new_curvature_moment = curvature_moment + lit * (1 - self.beta2) * (curvature * curvature - curvature_moment)
+            new_decays = decays - lit * (1 - self.beta1) * decays  # beta1^n, n the pixel's own step count
+            new_curvature_decays = curvature_decays - lit * (1 - self.beta2) * curvature_decays
+            # 1 - beta^n >= 1 - beta once a pixel moved; the floor keeps never-lit pixels (m = s = 0) at 0, not 0/0
+            corrected = new_curvature_moment / ops.maximum(1 - new_curvature_decays, 1 - self.beta2)
+            root = self.root(corrected)
+            step = new_moment / ops.maximum(1 - new_decays, 1 - self.beta1) / (root + self.eps)
+            directions.append(lit * (step + self.decay * param))
+            ops.assign(moment, new_moment)
+            ops.assign(curvature_moment, new_curvature_moment)
+            ops.assign(decays, new_decays)
+            ops.assign(curvature_decays, new_curvature_decays)
+        return tuple(directions)
+
     def construct(self, gradients):
+        """One step: the paper's (not lazy) from the gradients; the lazy variant's along the directions
+        :meth:`precondition` made (times the solver's step lengths, with ``step_lengths``)."""
         if not self.lazy:
             return super().construct(gradients)
         lr = self.get_lr()
-        for param, moment, curvature_moment, count, diagonal, grad in zip(
-                self.parameters, self.moments, self.curvature_moments, self.step_counts, self.hessian_diagonal,
-                gradients):
-            lit = ops.cast(ops.logical_and(grad != 0, diagonal > 0), grad.dtype)
-            new_count = count + lit
-            new_moment = moment + lit * (1 - self.beta1) * (grad - moment)
-            curvature = diagonal + self.regularisation * diagonal.max()
-            new_curvature_moment = curvature_moment + lit * (1 - self.beta2) * (curvature * curvature - curvature_moment)
-            t = ops.maximum(new_count, 1.0)
-            denominator = ops.pow(new_curvature_moment / (1 - ops.pow(self.beta2, t)), self.half_power) + self.eps
-            update = (new_moment / (1 - ops.pow(self.beta1, t))) / denominator + self.decay * param
-            ops.assign(param, param - lr * lit * update)
-            ops.assign(moment, new_moment)
-            ops.assign(curvature_moment, new_curvature_moment)
-            ops.assign(count, new_count)
+        for param, direction in zip(self.parameters, gradients):
+            ops.assign(param, param - lr * direction)
         return True
 
 
 def rademacher_like(params, rng):
     """One Rademacher (+-1) tensor per parameter, from the numpy Generator ``rng``."""
-    return tuple(Tensor(rng.choice(np.array([-1.0, 1.0], np.float32), size=p.shape)) for p in params)
+    return tuple(Tensor(rng.integers(0, 2, size=p.shape, dtype=np.int8).astype(np.float32) * 2 - 1) for p in params)
 
 
 #: Built-in optimizers, contributed through the plugin hook.

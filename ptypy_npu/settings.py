@@ -31,20 +31,21 @@ NETWORK_DECODERS = ('twin', 'light')
 #: (except AdaHessian's); Lion's sign steps want rates 3-10x smaller than Adam's.
 DEFAULT_LEARNING_RATES = {
     'network_update': {'adam': 2e-3, 'adamw': 2e-3, 'lion': 2e-4, 'adahessian': 0.5},
-    'object_update': {'sgd': 1.0, 'adam': 0.03, 'adamw': 0.02, 'lion': 0.01, 'adahessian': 0.5},
-    'probe_update': {'sgd': 1.0, 'adam': 3.0, 'adamw': 2.0, 'lion': 1.0, 'adahessian': 0.5},
+    'object_update': {'sgd': 1.0, 'adam': 0.03, 'adamw': 0.02, 'lion': 0.01, 'adahessian': 1.0},
+    'probe_update': {'sgd': 1.0, 'adam': 3.0, 'adamw': 2.0, 'lion': 1.0, 'adahessian': 1.0},
 }
 
 #: Options of a built-in optimizer on a group that differ from the optimizer's own defaults,
 #: the measured best on MoonFlowerScan (benchmarks/optimizers.py); a group's own options override them.
 #: Lion on the object: a batch lights few pixels, so Lion leaves the others (zero gradient) alone,
 #: and a shorter moment memory suits pixels whose moment is updated only when lit. AdaHessian on object
-#: and probe: the Gauss-Newton curvature averaged over 5 px, lazy per-pixel moments with short memories
+#: and probe: the Gauss-Newton curvature averaged over 5 px, its expectation (half the loss curvature times
+#: the batch's illumination) where no refresh has measured it, lazy per-pixel moments with short memories
 #: (betas 0.5, 0.9: a pixel's curvature follows the batch that lights it), 0.1 of the largest curvature
-#: added (ptypy_npu.optim.AdaHessian); rate 0.5: the Gauss-Newton diagonal is about the illumination, half
-#: the curvature the sgd normaliser divides by.
+#: added, Hessian power 1/2, and LSQML's step lengths along its directions (ptypy_npu.optim.AdaHessian;
+#: the step lengths make the rate a multiple of the optimal step, as for sgd).
 _IMAGE_ADAHESSIAN = {'lazy': True, 'curvature': 'gauss_newton', 'regularisation': 0.1, 'spatial_window': 5,
-                     'betas': (0.5, 0.9)}
+                     'betas': (0.5, 0.9), 'hessian_power': 0.5, 'step_lengths': True}
 DEFAULT_OPTIONS = {'object_update': {'lion': {'lazy': True, 'betas': (0.5, 0.9)}, 'adahessian': _IMAGE_ADAHESSIAN},
                    'probe_update': {'adahessian': _IMAGE_ADAHESSIAN}}
 
@@ -175,17 +176,18 @@ class Settings:
         None, 'float, None', 'Delta in the object/probe step normaliser 1 / (w + delta max w); None: from the '
         'dose (Settings.adapted_to_dose), doubled (up to 3) whenever the Fourier error sets no new low for 3 epochs',
         lowlim=0.0)
-    optimal_steps: bool = setting(True, 'bool', 'Scale the sgd object and probe steps by the lengths that '
-                                                'minimise the batch\'s data term along them (LSQML); the learning '
-                                                'rate then scales that optimal step', flag='--optimal-steps')
+    optimal_steps: bool = setting(True, 'bool', 'Scale the sgd and adahessian object and probe steps by the '
+                                                'lengths that minimise the batch\'s data term along them (LSQML); '
+                                                'the learning rate then scales that optimal step',
+                                  flag='--optimal-steps')
     network: Network = dataclasses.field(default_factory=Network, metadata={'help': Network.__doc__})
     network_update: NetworkUpdate = dataclasses.field(default_factory=NetworkUpdate,
                                                       metadata={'help': NetworkUpdate.__doc__})
     object_update: ObjectUpdate = dataclasses.field(default_factory=ObjectUpdate,
                                                     metadata={'help': ObjectUpdate.__doc__})
     probe_update: ProbeUpdate = dataclasses.field(default_factory=ProbeUpdate, metadata={'help': ProbeUpdate.__doc__})
-    hessian_interval: int = setting(1, 'int', 'Steps between Hessian-diagonal refreshes of second-order '
-                                              'optimizers (adahessian)', lowlim=1)
+    hessian_interval: int = setting(8, 'int', 'Steps between Hessian-diagonal refreshes of second-order '
+                                              'optimizers (adahessian; the paper refreshes every step, 1)', lowlim=1)
     max_divergences: int = setting(3, 'int', 'Rollbacks of a diverging epoch (NaN/Inf; learning rates halved '
                                              'each time) before the run stops', lowlim=0)
     seed: int = setting(0, 'int', 'Seed of MindSpore and of the frame shuffling', lowlim=0)

@@ -7,13 +7,14 @@ A step (:class:`Update`) turns a minibatch's gradients into updates:
    ``illumination_regularisation`` times its maximum), the step normalisation of ePIE/LSQML: a
    unit step along them is a projection-like update whatever the photon count. Second-order
    optimizers bring their own curvature and get the plain gradients.
-2. **Lengths.** With ``optimal_steps`` (optimizer ``sgd``), the object and probe steps are scaled by
+2. **Lengths.** With ``optimal_steps`` (optimizers ``sgd`` and AdaHessian's image variant, along its
+   preconditioned directions), the object and probe steps are scaled by
    the lengths that minimise the data term's quadratic model along the two directions, as LSQML
    (Odstrcil et al., Opt. Express 26, 3108 (2018)) does: the exit-wave changes ``v_O = P dO_j`` and
    ``v_P = dP O_j`` are fitted to the residual ``r = -dL/dpsi`` the data ask for,
    ``min_a sum_j |r_j / c - a_O v_O - a_P v_P|^2`` with c the data term's curvature, plus the
-   object prior's own quadratic term. A 2 x 2 system per batch; lengths clipped to
-   ``[0, MAX_STEP_LENGTH]``. No learning rate to tune: the rate scales the optimal length.
+   object prior's own quadratic term. A 2 x 2 system per batch (when one group's optimizer has its own
+   step rule, the other's 1-D optimum); lengths clipped to ``[0, MAX_STEP_LENGTH]``. No learning rate to tune: the rate scales the optimal length.
 3. **Updates.** Every group's optimizer takes its direction times its length.
 
 How the processes' sums are formed is chosen once, by :func:`make_step`, from the communicator
@@ -50,7 +51,7 @@ class Update(nn.Cell):
     are the object's, the probe's and the network's (or None); ``regularisation`` is the
     normaliser's delta, a float32 scalar Parameter (:func:`regularisation_parameter`) that the
     solver may raise between epochs without recompiling; ``optimal_steps`` turns on the step
-    lengths when both the object's and the probe's optimizer take them (``takes_step_lengths``).
+    lengths of the groups whose optimizer takes them (``takes_step_lengths``).
     """
 
     def __init__(self, objective, optimizers, regularisation, curvature, optimal_steps=True):
@@ -63,10 +64,14 @@ class Update(nn.Cell):
         # second-order optimizers bring their own curvature: no illumination normalisation for them
         self.normalise_object = not getattr(self.object_optimizer, 'needs_hessian', False)
         self.normalise_probe = not getattr(self.probe_optimizer, 'needs_hessian', False)
-        # LSQML's joint system needs both directions' steps: a group with its own step rule (Adam, Lion,
-        # AdaHessian) leaves both groups at their optimizers' own steps
-        self.optimal_steps = optimal_steps and all(getattr(o, 'takes_step_lengths', False)
+        # optimizers that precondition (AdaHessian's image variant) make the directions, and the step lengths
+        # are those along them
+        self.preconditions_object = getattr(self.object_optimizer, 'preconditions', False)
+        self.preconditions_probe = getattr(self.probe_optimizer, 'preconditions', False)
+        # a group with its own step rule (Adam, Lion, the paper's AdaHessian) keeps it (length 1)
+        self.object_lengths, self.probe_lengths = (optimal_steps and getattr(o, 'takes_step_lengths', False)
                                                    for o in (self.object_optimizer, self.probe_optimizer))
+        self.optimal_steps = self.object_lengths or self.probe_lengths
 
     @property
     def optimizers(self):
@@ -82,8 +87,15 @@ class Update(nn.Cell):
         if self.normalise_probe:
             probe_scale = physics.inverse_illumination(patch_power, self.regularisation, self.curvature,
                                                        robust=True) * probe_on
-        return (grads[0] * object_scale, grads[1] * object_scale, grads[2] * probe_scale,
-                grads[3] * probe_scale) + grads[4:]
+        object_direction = (grads[0] * object_scale, grads[1] * object_scale)
+        probe_direction = (grads[2] * probe_scale, grads[3] * probe_scale)
+        if self.preconditions_object:  # unmeasured pixels: the Gauss-Newton diagonal's expectation
+            expected = 0.5 * self.curvature * object_illumination
+            object_direction = self.object_optimizer.precondition(object_direction, (expected, expected))
+        if self.preconditions_probe:
+            expected = 0.5 * self.curvature * patch_power
+            probe_direction = self.probe_optimizer.precondition(probe_direction, (expected, expected))
+        return object_direction + probe_direction + grads[4:]
 
     def step_terms(self, directions, residual, prior, indices):
         """This process's sums of the step-length system, (5,): ``c <v_O, v_O> + 2 <dO, dO>_w``,
@@ -107,13 +119,17 @@ class Update(nn.Cell):
             (residual[0] * probe_re + residual[1] * probe_im).sum()])
 
     def lengths(self, terms):
-        """Step lengths (object, probe) solving the 2 x 2 system of the summed ``terms``, clipped to
-        [0, MAX_STEP_LENGTH]; (1, 1) without ``optimal_steps``."""
+        """Step lengths (object, probe) solving the 2 x 2 system of the summed ``terms``, or one group's
+        1-D optimum when the other keeps its own step (length 1), clipped to [0, MAX_STEP_LENGTH]."""
         if not self.optimal_steps:
             return 1.0, 1.0
         a, b, d, u, v = terms[0], terms[1], terms[2], terms[3], terms[4]
         damping = 1e-6 * (a + d) + 1e-30  # keeps the system regular when the probe is held fixed (d = 0)
         a, d = a + damping, d + damping
+        if not self.probe_lengths:
+            return clipped(u / a), 1.0
+        if not self.object_lengths:
+            return 1.0, clipped(v / d)
         determinant = a * d - b * b
         return clipped((u * d - v * b) / determinant), clipped((a * v - b * u) / determinant)
 
@@ -271,9 +287,9 @@ def diagonal_estimate(product, probe, window=0, image_shape=None):
     elif window:
         image = diagonal.reshape(image_shape or diagonal.shape)
         size = (1,) * (image.ndim - 2) + (window, window)
-        measured = uniform_filter((image > 0).astype(np.float64), size, mode='constant')
-        averaged = uniform_filter(image.astype(np.float64), size, mode='constant')
-        diagonal = np.where(image > 0, averaged / np.maximum(measured, 1e-12), 0.0).reshape(diagonal.shape)
+        measured = uniform_filter((image > 0).astype(np.float32), size, mode='constant')
+        averaged = uniform_filter(image, size, mode='constant')
+        diagonal = np.where(image > 0, averaged / np.maximum(measured, 1e-6), 0.0).reshape(diagonal.shape)
     return Tensor(np.ascontiguousarray(diagonal, np.float32))
 
 

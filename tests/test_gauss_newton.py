@@ -5,7 +5,7 @@ import pytest
 from mindspore import Tensor
 
 from ptypy_npu.objective import GaussNewtonProduct, PhysicsObjective, parameter_pair
-from ptypy_npu.physics import centred_fft_factors
+from ptypy_npu.physics import LOSS_CURVATURE, centred_fft_factors
 from ptypy_npu.simulate import far_field_intensity
 
 RNG = np.random.default_rng(11)
@@ -93,3 +93,24 @@ def test_hutchinson_mean_of_the_gauss_newton_product_approaches_its_exact_diagon
     lit = exact > 1e-3 * exact.max()
     assert np.all(np.abs(mean - exact)[lit] <= 4 * error[lit] + 1e-4 * exact.max())
     assert np.all(exact >= -1e-6 * exact.max())  # positive semi-definite: a non-negative diagonal
+
+
+@pytest.mark.parametrize('loss', ['gaussian', 'poisson'])
+def test_exact_gauss_newton_diagonal_is_half_the_loss_curvature_times_the_illumination_on_average(loss):
+    """What AdaHessian's image variant takes where no refresh has measured the curvature: per object pixel,
+    ``LOSS_CURVATURE / 2 * sum_j |P|^2`` for each of re and im. A unitary propagator spreads a pixel over
+    every detector pixel, and the model's phase there splits it between re and im (cos^2 and sin^2):
+    their exact diagonals (columns e_i; one probe mode, no mask) sum to ``LOSS_CURVATURE * sum_j |P|^2``
+    exactly, and each part lies near half of it (measured 0.72-1.28 of it where well lit)."""
+    obj, probe, measured, mask, objective = problem(loss)
+    mask = np.ones_like(mask)
+    size, cell = flat(obj, probe).size, GaussNewtonProduct(objective)
+    n = SIDE * SIDE
+    exact = np.array([product(cell, np.eye(1, size, i)[0], measured, mask, probe.shape)[i] for i in range(2 * n)])
+    illumination = np.zeros(n)
+    np.add.at(illumination, INDICES.ravel(), np.tile(np.sum(np.abs(probe) ** 2, axis=0).ravel(), len(INDICES)))
+    expected = 0.5 * LOSS_CURVATURE[loss] * illumination
+    np.testing.assert_allclose(exact[:n] + exact[n:], 2 * expected, rtol=1e-3, atol=1e-4 * expected.max())
+    lit = np.concatenate([expected, expected]) > 0.2 * expected.max()
+    ratio = exact[lit] / np.concatenate([expected, expected])[lit]
+    assert np.all((ratio > 0.6) & (ratio < 1.4))

@@ -111,35 +111,40 @@ def test_adahessian_matches_the_paper_with_kernel_averaging_and_hessian_power(pr
         np.testing.assert_allclose(ours[k], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_lazy_adahessian_moves_each_pixel_on_its_own_count(problem):
-    """The image variant: a pixel's moments and bias correction advance only when its gradient is non-zero
-    and a curvature has been measured for it; measured curvatures persist where a refresh saw nothing;
-    ``regularisation`` adds its multiple of the largest curvature."""
+@pytest.mark.parametrize('hessian_power', [1.0, 0.5])
+def test_lazy_adahessian_moves_each_pixel_on_its_own_count(problem, hessian_power):
+    """The image variant: a pixel's moments and bias corrections advance only when its gradient is non-zero;
+    measured curvatures persist where a refresh saw nothing, and the expected curvature stands in where
+    none was measured yet; ``regularisation`` adds its multiple of the largest curvature; the optimizer
+    then steps along the directions ``precondition`` made (here scaled by a step length of 0.7)."""
     start, grads = problem
     lit = [[RNG.random(size=s) < 0.6 for s in SHAPES] for _ in grads]
     grads = [[g * mask for g, mask in zip(step, masks)] for step, masks in zip(grads, lit)]
-    measured = [[(RNG.random(size=s) < 0.7) * RNG.uniform(0.5, 2.0, size=s) for s in SHAPES] for _ in grads]
-    lr, (b1, b2), eps, delta = 0.05, (0.5, 0.9), 1e-4, 0.1
+    measured = [[(RNG.random(size=s) < 0.3) * RNG.uniform(0.5, 2.0, size=s) for s in SHAPES] for _ in grads]
+    expected = [[RNG.uniform(0.5, 2.0, size=s) for s in SHAPES] for _ in grads]
+    lr, (b1, b2), eps, delta, decay, length = 0.05, (0.5, 0.9), 1e-4, 0.1, 0.01, 0.7
     params = parameters(start)
-    optimizer = AdaHessian(params, lr, (b1, b2), eps, lazy=True, curvature='gauss_newton', regularisation=delta)
-
-    def refresh(t):
+    optimizer = AdaHessian(params, lr, (b1, b2), eps, decay, hessian_power, lazy=True, curvature='gauss_newton',
+                           regularisation=delta, step_lengths=True)
+    for t, step in enumerate(grads):
         optimizer.refresh_hessian([Tensor(d.astype(np.float32)) for d in measured[t]])
-
-    ours = run_steps(optimizer, params, grads, before_step=refresh)
+        directions = optimizer.precondition(tuple(Tensor(g.astype(np.float32)) for g in step),
+                                            tuple(Tensor(e.astype(np.float32)) for e in expected[t]))
+        optimizer(tuple(d * length for d in directions))
     for k, p in enumerate(start):
         m, s, count, stored = (np.zeros_like(p) for _ in range(4))
         for t, step in enumerate(grads):
             stored = np.where(measured[t][k] > 0, measured[t][k], stored)
-            moving = (step[k] != 0) & (stored > 0)
+            moving = step[k] != 0
             count = count + moving
-            curvature = stored + delta * stored.max()
+            diagonal = np.where(stored > 0, stored, expected[t][k])
+            curvature = diagonal + delta * diagonal.max()
             m = np.where(moving, b1 * m + (1 - b1) * step[k], m)
             s = np.where(moving, b2 * s + (1 - b2) * curvature ** 2, s)
             n = np.maximum(count, 1)
-            update = (m / (1 - b1 ** n)) / (np.sqrt(s / (1 - b2 ** n)) + eps)
-            p = np.where(moving, p - lr * update, p)
-        np.testing.assert_allclose(ours[k], p, rtol=1e-4, atol=1e-6)
+            direction = (m / (1 - b1 ** n)) / ((s / (1 - b2 ** n)) ** (hessian_power / 2) + eps) + decay * p
+            p = np.where(moving, p - lr * length * direction, p)
+        np.testing.assert_allclose(params[k].asnumpy(), p, rtol=1e-4, atol=1e-6)
 
 
 def test_mindspore_adam_through_the_hook_matches_kingma_and_ba(problem):
