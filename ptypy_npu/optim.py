@@ -7,10 +7,12 @@ probe are real/imag pairs of float tensors: every optimizer acts on the real and
 imaginary parts as separate parameters (Lion's ``sign`` and AdaHessian's Rademacher
 probes included).
 
-Two kinds fit the solver's step: first-order optimizers take the gradients,
-``optimizer(gradients)``; optimizers with ``needs_hessian = True`` (AdaHessian) also
-keep a Hessian-diagonal estimate in their state, which the solver refreshes from the
-loss closure every ``hessian_interval`` steps through :meth:`AdaHessian.refresh_hessian`.
+First-order optimizers take the gradients, ``optimizer(gradients)``; optimizers with
+``needs_hessian = True`` (AdaHessian) also keep a curvature-diagonal estimate in their state,
+which the solver refreshes every ``hessian_interval`` steps through
+:meth:`AdaHessian.refresh_hessian`. Optimizers with ``preconditions = True`` (AdaHessian's lazy
+image variant, object and probe only) are driven in two calls: ``precondition(gradients, ...)``
+makes the directions, and ``optimizer(directions)`` moves along them.
 """
 import numpy as np
 
@@ -190,9 +192,10 @@ class AdaHessian(AdamW):
       refresh interval leaves a newly lit pixel without curvature. ``regularisation`` adds that
       multiple of the largest D to every D, as the illumination normaliser's delta does. The solver's
       step drives this variant in two calls, :meth:`precondition` (moments and directions) and then
-      the optimizer on those directions; with ``step_lengths=True`` it scales them first by LSQML's
-      optimal step lengths along them (:mod:`ptypy_npu.step`), so the learning rate is a multiple of the
-      optimal step.
+      the optimizer on those directions; with ``step_lengths=True`` (ignored by the paper's variant)
+      it scales them first by LSQML's optimal step lengths along them (:mod:`ptypy_npu.step`), so the
+      learning rate is a multiple of the optimal step. Without step lengths and with a Hessian power
+      below 1 the step's size grows with the dose: the rate must then be set for the scan.
     """
     needs_hessian = True
 
@@ -209,10 +212,10 @@ class AdaHessian(AdamW):
         if isinstance(spatial_window, bool) or not isinstance(spatial_window, int) or spatial_window < 0:
             raise ValueError(f"spatial_window must be a whole number of pixels >= 0, got {spatial_window!r}")
         self.lazy, self.curvature, self.regularisation = lazy, curvature, float(regularisation)
-        if not isinstance(step_lengths, bool) or (step_lengths and not lazy):
-            raise ValueError(f"step_lengths must be True (with lazy=True) or False, got {step_lengths!r}")
+        if not isinstance(step_lengths, bool):
+            raise ValueError(f"step_lengths must be True or False, got {step_lengths!r}")
         self.spatial_window = spatial_window
-        self.takes_step_lengths = step_lengths
+        self.takes_step_lengths = step_lengths and lazy  # the paper's variant keeps its own steps
         self.hessian_diagonal = self.parameters.clone(prefix='adahessian_d', init='zeros')
         self.preconditions = lazy  # the solver's step calls precondition(), then the optimizer on its directions
         if lazy:

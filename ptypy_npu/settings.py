@@ -105,9 +105,9 @@ class Network:
 _RATE_HELP = "Learning rate; None takes the optimizer's measured default (README, settings.DEFAULT_LEARNING_RATES)"
 _OPTIMIZER_HELP = 'Optimizer from the loaded plugins: adam, adamw, sgd, lion, adahessian or a plugin\'s'
 _DECAY_HELP = 'Decoupled weight decay (passed to the optimizer only when > 0)'
-_IMAGE_OPTIMIZER_HELP = (_OPTIMIZER_HELP + "; sgd is the fastest measured in wall time; adahessian needs the fewest "
-                         "epochs (0.8x sgd's on MoonFlowerScan) and ends lowest at 1e5 photons, but above adam at high "
-                         "dose on 64-px frames (README, AdaHessian)")
+_IMAGE_OPTIMIZER_HELP = (_OPTIMIZER_HELP + "; sgd and adam are the fastest measured in wall time; adahessian needs "
+                         "the fewest epochs (0.8x sgd's on MoonFlowerScan) and ends lowest at 1e5 photons, but above "
+                         "adam at 1e7-1e9 on 64-px frames and at 1e7 on 128 px (README, AdaHessian)")
 
 
 @dataclasses.dataclass
@@ -244,6 +244,13 @@ class Settings:
         if self.precision == 'float16' and self.network_update.optimizer == 'adahessian':
             raise SettingError('precision', "'float16' with network_update.optimizer 'adahessian': the "
                                             "Hessian-vector products are not loss-scaled; use 'float32' or 'bfloat16'")
+        for group in ('object_update', 'probe_update'):
+            options = getattr(self, group).optimizer_options(group)
+            if (getattr(self, group).optimizer == 'adahessian' and options.get('lazy') and options.get('step_lengths')
+                    and not self.optimal_steps):
+                raise SettingError('optimal_steps', f"False leaves {group}.optimizer 'adahessian' without the step "
+                                                    "lengths its rate scales; keep it True, or give "
+                                                    f"{group}.options step_lengths=False and a learning rate")
         if self.batch_size is not None and n_frames is not None and self.batch_size > n_frames:
             raise SettingError('batch_size', f"{self.batch_size} exceeds the {n_frames} frames of the scan")
         if self.batch_size is not None and self.batch_size % processes:

@@ -216,10 +216,12 @@ class JointSolver:
         probe_on = Tensor(np.float32(start is not None and self.epoch >= start))
         phase = self.phase
         losses = []
+        unmeasured = phase.hessian.unmeasured()  # a phase's first epoch: its network AdaHessian has no D yet
         for batch in self.shards.epoch(self.settings.batch_size, self.rng):
             inputs = self._inputs(batch)
-            if self.steps_taken % self.settings.hessian_interval == 0:
+            if unmeasured or self.steps_taken % self.settings.hessian_interval == 0:
                 phase.hessian.refresh(inputs, self.rng)
+                unmeasured = False
             loss, fourier, photon, exit_error = phase.step(*inputs, probe_on)
             self.steps_taken += 1
             self.errors[batch] = np.stack([fourier.asnumpy(), photon.asnumpy(), exit_error.asnumpy()], 1)

@@ -68,6 +68,9 @@ class Update(nn.Cell):
         # are those along them
         self.preconditions_object = getattr(self.object_optimizer, 'preconditions', False)
         self.preconditions_probe = getattr(self.probe_optimizer, 'preconditions', False)
+        if getattr(network_optimizer, 'preconditions', False):
+            raise ValueError("network_update.options: lazy=True is AdaHessian's image variant, for the object and "
+                             "the probe; the network takes the paper's (lazy=False)")
         # a group with its own step rule (Adam, Lion, the paper's AdaHessian) keeps it (length 1)
         self.object_lengths, self.probe_lengths = (optimal_steps and getattr(o, 'takes_step_lengths', False)
                                                    for o in (self.object_optimizer, self.probe_optimizer))
@@ -78,8 +81,9 @@ class Update(nn.Cell):
         return [self.object_optimizer, self.probe_optimizer] + list(self.network_optimizers)
 
     def directions(self, grads, object_illumination, patch_power, probe_on):
-        """The gradients the optimizers take: object and probe ones normalised (module docstring), the
-        probe's times ``probe_on`` (float 0/1: probe refinement switched without recompiling)."""
+        """The directions the optimizers take: object and probe gradients normalised (module docstring), or
+        preconditioned by their AdaHessian, the probe's times ``probe_on`` (float 0/1: probe refinement
+        switched without recompiling); the network's gradients as they are."""
         object_scale = 1.0
         if self.normalise_object:
             object_scale = physics.inverse_illumination(object_illumination, self.regularisation, self.curvature)
@@ -89,7 +93,10 @@ class Update(nn.Cell):
                                                        robust=True) * probe_on
         object_direction = (grads[0] * object_scale, grads[1] * object_scale)
         probe_direction = (grads[2] * probe_scale, grads[3] * probe_scale)
-        if self.preconditions_object:  # unmeasured pixels: the Gauss-Newton diagonal's expectation
+        # unmeasured pixels: the Gauss-Newton diagonal's expectation per re or im part, exact in the mean for
+        # one probe mode (re + im = curvature x illumination); with several modes, it bounds the object's
+        # from above and gives each probe mode the whole patch power, until a refresh measures them
+        if self.preconditions_object:
             expected = 0.5 * self.curvature * object_illumination
             object_direction = self.object_optimizer.precondition(object_direction, (expected, expected))
         if self.preconditions_probe:
@@ -157,7 +164,11 @@ class ScaledUpdate(Update):
 
     def directions(self, grads, object_illumination, patch_power, probe_on):
         network = tuple(g * self.loss_unit for g in self.loss_scaler.unscale(grads[4:]))
-        return super().directions(grads[:4] + network, object_illumination, patch_power, probe_on)
+        # a step skipped for overflow leaves the object's and probe's optimizer states too (a lazy AdaHessian's
+        # moments stand still where the gradient is zero)
+        finite = ops.cast(ms.amp.all_finite(network), grads[0].dtype)
+        return super().directions(tuple(g * finite for g in grads[:4]) + network, object_illumination, patch_power,
+                                  probe_on)
 
     def apply(self, directions, terms):
         finite = ms.amp.all_finite(directions[4:])
@@ -320,6 +331,12 @@ class HessianRefresh:
         self.product = HessianVectorProduct(ObjectiveLoss(step.objective), self.parameters) if self.exact else None
         self.gauss_newton_product = GaussNewtonProduct(step.objective) if self.gauss_newton else None
         self.refreshes = 0
+
+    def unmeasured(self):
+        """Whether a paper's AdaHessian of this step holds no curvature yet (D all zero, as before its first
+        refresh): its next step must refresh first, or it would divide by ``eps``. Read from the optimizer
+        state, so a resumed run answers as the uninterrupted one."""
+        return any(float(ops.abs(d).max().asnumpy()) == 0 for o in self.exact for d in o.hessian_diagonal)
 
     def refresh(self, inputs, rng):
         if self.product is not None:

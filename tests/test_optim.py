@@ -8,9 +8,12 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from helpers import SMALL_NETWORK, make_solver
 
-from ptypy_npu import checkpoints, plugins
+from ptypy_npu import checkpoints, plugins, settings
+from ptypy_npu.plugins import build_solver
 from ptypy_npu.optim import AdaHessian, AdamW, HessianVectorProduct, Lion
-from ptypy_npu.step import diagonal_estimate
+from ptypy_npu.objective import PhysicsObjective, parameter_pair
+from ptypy_npu.physics import centred_fft_factors
+from ptypy_npu.step import Update, diagonal_estimate, regularisation_parameter
 from ptypy_npu.simulate import simulate_scan
 
 RNG = np.random.default_rng(5)
@@ -147,6 +150,62 @@ def test_lazy_adahessian_moves_each_pixel_on_its_own_count(problem, hessian_powe
         np.testing.assert_allclose(params[k].asnumpy(), p, rtol=1e-4, atol=1e-6)
 
 
+def test_the_step_preconditions_unmeasured_pixels_with_the_expected_gauss_newton_curvature():
+    """Before any refresh, a lazy AdaHessian's first direction is ``g / (E + delta max E)^k`` where the
+    gradient is non-zero (bias-corrected moments of one step: m^ = g, s^ = curvature^2) and 0 elsewhere,
+    with E half the loss curvature times the batch's illumination (object) or patch power (each probe
+    mode); and when only the object's optimizer takes step lengths, it gets its 1-D optimum u / a."""
+    side, h, modes, delta, power = 12, 8, 2, 0.1, 0.5
+    objective = PhysicsObjective(parameter_pair(np.ones(side * side, complex), 'o'),
+                                 parameter_pair(np.ones((modes, h, h), complex), 'p'), centred_fft_factors((h, h)),
+                                 'gaussian')
+
+    def adahessian(params, step_lengths=True):
+        return AdaHessian(params, 1.0, (0.5, 0.9), 1e-12, hessian_power=power, lazy=True, curvature='gauss_newton',
+                          regularisation=delta, step_lengths=step_lengths)
+    update = Update(objective, (adahessian([objective.object_re, objective.object_im]),
+                                adahessian([objective.probe_re, objective.probe_im]), None),
+                    regularisation_parameter(0.5), 2.0)
+    grads = [RNG.normal(size=s) * (RNG.random(size=s) < 0.7) for s in [(side * side,)] * 2 + [(modes, h, h)] * 2]
+    illumination, patch_power = RNG.uniform(0.5, 3.0, size=side * side), RNG.uniform(0.5, 3.0, size=(h, h))
+    directions = update.directions(tuple(Tensor(g.astype(np.float32)) for g in grads),
+                                   Tensor(illumination.astype(np.float32)), Tensor(patch_power.astype(np.float32)),
+                                   Tensor(np.float32(1.0)))
+    object_curvature = illumination + delta * illumination.max()  # E = 2 / 2 * illumination
+    probe_curvature = np.broadcast_to(patch_power + delta * patch_power.max(), (modes, h, h))
+    for direction, grad, curvature in zip(directions, grads, [object_curvature] * 2 + [probe_curvature] * 2):
+        np.testing.assert_allclose(direction.asnumpy(), grad / curvature ** power, rtol=1e-5, atol=1e-7)
+    one_sided = Update(objective, (adahessian([objective.object_re, objective.object_im]),
+                                   AdaHessian([objective.probe_re, objective.probe_im], 0.1), None),
+                       regularisation_parameter(0.5), 2.0)
+    object_length, probe_length = one_sided.lengths(Tensor(np.array([2.0, 0.5, 3.0, 1.5, 7.0], np.float32)))
+    assert float(object_length.asnumpy()) == pytest.approx(1.5 / 2.0, rel=1e-4) and probe_length == 1.0
+
+
+def test_the_image_adahessian_is_refused_on_the_network_by_name():
+    """Its construct moves along directions the step makes for the object and probe only: on the network it
+    would be plain SGD."""
+    data, _ = simulate_scan(frame_size=32, count=16, photons=1e5)
+    chosen = settings.make({**SMALL_NETWORK, 'network_update.optimizer': 'adahessian'})
+    chosen.network_update = dataclasses.replace(chosen.network_update, options={'lazy': True})
+    with pytest.raises(ValueError, match="network_update.options: lazy=True is AdaHessian's image variant"):
+        build_solver(data, chosen)
+
+
+def test_the_networks_adahessian_measures_its_curvature_on_its_phases_first_step():
+    """The network joins at epoch 1, between refreshes (interval 1000): it refreshes first anyway, and
+    its diagonal is measured (non-zero) before it ever steps, so no step divides by ``eps``."""
+    data, _ = simulate_scan(frame_size=32, count=16, photons=1e5)
+    solver = make_solver(data, {**SMALL_NETWORK, 'network_update.optimizer': 'adahessian', 'network.start': 1,
+                                'hessian_interval': 1000, 'batch_size': 4})
+    network_optimizer = solver.optimizers[2]
+    solver.run(1)
+    assert all(float(np.abs(d.asnumpy()).max()) == 0 for d in network_optimizer.hessian_diagonal)
+    solver.run(1)
+    assert all(float(np.abs(d.asnumpy()).max()) > 0 for d in network_optimizer.hessian_diagonal)
+    assert solver.steps_taken == 8  # no refresh on steps 4-7 but the phase's first
+
+
 def test_mindspore_adam_through_the_hook_matches_kingma_and_ba(problem):
     """MindSpore's Adam uses the paper's efficient form: lr_t = lr sqrt(1 - b2^t) / (1 - b1^t)."""
     start, grads = problem
@@ -256,7 +315,7 @@ def test_each_optimizer_trains_the_network_on_a_physics_loss(name):
 
 
 def test_adahessian_refines_the_object_without_illumination_normalisation():
-    """Slowly: the far-field Hessian is dense within a patch, so |v * Hv| overestimates its diagonal."""
+    """The image variant (Gauss-Newton curvature, lazy moments, step lengths) lowers the Fourier error."""
     data, _ = simulate_scan(frame_size=32, count=16, photons=1e5)
     solver = make_solver(data, {'network.name': None, 'object_update.optimizer': 'adahessian',
                                 'probe_update.start': None})

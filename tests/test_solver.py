@@ -124,6 +124,8 @@ def test_bad_scan_data_is_refused_naming_the_array(scan, change, message):
     ({'network_update.optimizer': 'sgd'},
      "network_update.learning_rate must be given: optimizer 'sgd' has no default rate for this group"),
     ({'network.binning': 3}, "network.binning must be 1, 2 or 4, got 3"),
+    ({'object_update.optimizer': 'adahessian', 'optimal_steps': False},
+     "optimal_steps False leaves object_update.optimizer 'adahessian' without the step lengths"),
     ({'numiter': 0}, "numiter must be an integer >= 1, got 0"),
 ])
 def test_bad_settings_are_refused_naming_the_setting(scan, overrides, message):
