@@ -84,14 +84,14 @@ class Update(nn.Cell):
         """The directions the optimizers take: object and probe gradients normalised (module docstring), or
         preconditioned by their AdaHessian, the probe's times ``probe_on`` (float 0/1: probe refinement
         switched without recompiling); the network's gradients as they are."""
-        object_scale = 1.0
+        object_direction = grads[:2]  # as they are for an optimizer with its own curvature: no product with 1
         if self.normalise_object:
             object_scale = physics.inverse_illumination(object_illumination, self.regularisation, self.curvature)
+            object_direction = (grads[0] * object_scale, grads[1] * object_scale)
         probe_scale = probe_on
         if self.normalise_probe:
             probe_scale = physics.inverse_illumination(patch_power, self.regularisation, self.curvature,
                                                        robust=True) * probe_on
-        object_direction = (grads[0] * object_scale, grads[1] * object_scale)
         probe_direction = (grads[2] * probe_scale, grads[3] * probe_scale)
         # unmeasured pixels: the Gauss-Newton diagonal's expectation per re or im part, exact in the mean for
         # one probe mode (re + im = curvature x illumination); with several modes, it bounds the object's
