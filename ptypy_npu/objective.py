@@ -78,7 +78,7 @@ class PhysicsObjective(nn.Cell):
         patch_re, patch_im = self.patches(indices)
         model = self.forward_model(self.probe_re, self.probe_im, patch_re, patch_im)
         data_term, fourier, photon = self._errors(model, intensities, mask)
-        return data_term.sum(), fourier, photon, ops.zeros_like(fourier)
+        return physics.total(data_term), fourier, photon, ops.zeros_like(fourier)
 
     def gradients(self, amplitudes, intensities, mask, indices):
         """The minibatch's loss, errors and gradients, written out.
@@ -102,7 +102,7 @@ class PhysicsObjective(nn.Cell):
         (wave_re, wave_im), grads = self.back_propagate(weight * far_re, weight * far_im, probe_re, probe_im,
                                                         patch_re, patch_im, indices)
         errors = (fourier, photon, ops.zeros_like(fourier))
-        return data_term.sum(), errors, grads, (-wave_re, -wave_im), self.no_prior(patch_re)
+        return physics.total(data_term), errors, grads, (-wave_re, -wave_im), self.no_prior(patch_re)
 
     def back_propagate(self, field_re, field_im, probe_re, probe_im, patch_re, patch_im, indices):
         """``(wave, (object re, im, probe re, im))`` of a far-field field (B, M, H, W) that is some
@@ -112,7 +112,8 @@ class PhysicsObjective(nn.Cell):
         f = self.forward_model
         wave_re, wave_im = f.back_propagate(field_re, field_im)
         object_re, object_im = conjugate_multiply(probe_re.expand_dims(0), probe_im.expand_dims(0), wave_re, wave_im)
-        object_re, object_im = self.scatter(object_re.sum(axis=1), indices), self.scatter(object_im.sum(axis=1), indices)
+        object_re, object_im = (self.scatter(physics.mode_sum(object_re), indices),
+                                self.scatter(physics.mode_sum(object_im), indices))
         tilde_re, tilde_im = conjugate_multiply(patch_re.expand_dims(1), patch_im.expand_dims(1), wave_re, wave_im)
         probe_grad_re, probe_grad_im = conjugate_multiply(f.propagator.pre_re, f.propagator.pre_im,
                                                           tilde_re.sum(axis=0), tilde_im.sum(axis=0))
@@ -132,7 +133,7 @@ class PhysicsObjective(nn.Cell):
             indices, vector[:2], vector[2:])
         change = f.to_complex(object_re + probe_change_re, object_im + probe_change_im)
         spectrum = ops.fft2(change, norm='ortho')  # J v in the far fields (B, M, H, W)
-        half_intensity_change = (far_re * ops.real(spectrum) + far_im * ops.imag(spectrum)).sum(axis=1)
+        half_intensity_change = physics.mode_sum(far_re * ops.real(spectrum) + far_im * ops.imag(spectrum))
         weight = mask * self.gauss_newton_scale * half_intensity_change / (model + physics.AMPLITUDE_EPS)
         weight = weight.expand_dims(1)
         return self.back_propagate(weight * far_re, weight * far_im, probe_re, probe_im, patch_re, patch_im,
@@ -201,8 +202,8 @@ class JointObjective(PhysicsObjective):
         # |P (N - O)|^2 summed over modes = sum_m |P_m|^2 |N - O|^2: no exit waves needed
         illumination = (ops.square(probe_re) + ops.square(probe_im)).sum(axis=0)
         teach_re, teach_im = net_re - ops.stop_gradient(patch_re), net_im - ops.stop_gradient(patch_im)
-        difference = (illumination * (ops.square(teach_re) + ops.square(teach_im))).sum(axis=(1, 2))
-        loss = self.data_term(net_model, intensities, mask).sum() + self.network_consistency * difference.sum()
+        difference = physics.frame_sums(illumination * (ops.square(teach_re) + ops.square(teach_im)))
+        loss = physics.total(self.data_term(net_model, intensities, mask)) + self.network_consistency * physics.total(difference)
         return loss, difference, illumination, net_re, net_im
 
     def construct(self, amplitudes, intensities, mask, indices):
@@ -212,7 +213,7 @@ class JointObjective(PhysicsObjective):
                                                                                     patch_re, patch_im)
         # object <- network, in object units: a prior whose pull fades against the data term as the dose rises
         prior_re, prior_im = ops.stop_gradient(net_re) - patch_re, ops.stop_gradient(net_im) - patch_im
-        prior = (illumination * (ops.square(prior_re) + ops.square(prior_im))).sum() / illumination.max()
+        prior = physics.total(illumination * (ops.square(prior_re) + ops.square(prior_im))) / illumination.max()
         exit_error = difference / (intensities.shape[-1] * intensities.shape[-2])
         return loss + network_loss + self.consistency * prior, fourier, photon, exit_error
 
@@ -225,7 +226,7 @@ class JointObjective(PhysicsObjective):
         prior_re, prior_im = net_re - patch_re, net_im - patch_im
         grads = (grads[0] - 2.0 * self.scatter(weight * prior_re, indices),
                  grads[1] - 2.0 * self.scatter(weight * prior_im, indices)) + grads[2:] + tuple(network_grads)
-        prior = (weight * (ops.square(prior_re) + ops.square(prior_im))).sum()
+        prior = physics.total(weight * (ops.square(prior_re) + ops.square(prior_im)))
         errors = errors[:2] + (difference / (intensities.shape[-1] * intensities.shape[-2]),)
         return loss + network_loss + prior, errors, grads, residual, (prior_re, prior_im, weight)
 

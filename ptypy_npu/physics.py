@@ -37,6 +37,25 @@ def centred_fft_factors(shape):
     return checker, checker.copy()
 
 
+def total(x):
+    """The sum of all elements, taken over the flattened tensor: MindSpore's CPU reduces one contiguous axis
+    several times faster than several axes (about 0.03 against 0.3 ms for (4, 128, 128))."""
+    return x.reshape(-1).sum()
+
+
+def frame_sums(x):
+    """Sums over the last two axes, (..., H, W) -> (...), as one flattened axis (see :func:`total`)."""
+    return x.reshape(x.shape[:-2] + (-1,)).sum(-1)
+
+
+def mode_sum(x):
+    """Sum over the probe modes, (B, M, H, W) -> (B, H, W); one mode is a reshape, not a reduction over a
+    middle axis (about 0.6 ms for four 128-px frames on MindSpore's CPU)."""
+    if x.shape[1] == 1:
+        return x.reshape(x.shape[:1] + x.shape[2:])
+    return x.sum(axis=1)
+
+
 def complex_multiply(a_re, a_im, b_re, b_im):
     """(a_re + i a_im) * (b_re + i b_im) as a real/imag pair; broadcasts like ``*``."""
     return a_re * b_re - a_im * b_im, a_re * b_im + a_im * b_re
@@ -105,7 +124,7 @@ class PtychoForward(nn.Cell):
         exit_re, exit_im = self.exit_waves(probe_re, probe_im, patch_re, patch_im)
         spectrum = ops.fft2(self.to_complex(exit_re, exit_im), norm='ortho')
         far_re, far_im = ops.real(spectrum), ops.imag(spectrum)
-        return far_re, far_im, (far_re * far_re + far_im * far_im).sum(axis=1)
+        return far_re, far_im, mode_sum(far_re * far_re + far_im * far_im)
 
     def construct(self, probe_re, probe_im, patch_re, patch_im):
         return self.far_fields(*self.pre_applied(probe_re, probe_im), patch_re, patch_im)[2]
@@ -123,7 +142,7 @@ def poisson_nll(model_intensity, measured_intensity, mask):
     ``sum mask * (I_model - I log(I_model + eps))`` as PtyPy's ML engine measures it.
     """
     nll = model_intensity - measured_intensity * ops.log(model_intensity + AMPLITUDE_EPS)
-    return (mask * nll).sum(axis=(-2, -1))
+    return frame_sums(mask * nll)
 
 
 def gaussian_amplitude(model_intensity, measured_intensity, mask):
@@ -133,7 +152,7 @@ def gaussian_amplitude(model_intensity, measured_intensity, mask):
     """
     model_amplitude = ops.sqrt(model_intensity + AMPLITUDE_EPS)
     measured_amplitude = ops.sqrt(measured_intensity)
-    return (mask * ops.square(model_amplitude - measured_amplitude)).sum(axis=(-2, -1))
+    return frame_sums(mask * ops.square(model_amplitude - measured_amplitude))
 
 
 #: Data terms by the name the parameter trees use.
@@ -169,12 +188,11 @@ def fourier_and_photon_errors(model_intensity, measured_intensity, mask, amplitu
     ``amplitude_misfit``: :func:`gaussian_amplitude` of these intensities if already computed.
     """
     pixels = model_intensity.shape[-1] * model_intensity.shape[-2]
-    mask_sum = ops.maximum(mask.sum(axis=(-2, -1)), 1.0)
+    mask_sum = ops.maximum(frame_sums(mask), 1.0)
     if amplitude_misfit is None:
         amplitude_misfit = gaussian_amplitude(model_intensity, measured_intensity, mask)
     fourier = amplitude_misfit / mask_sum
-    photon = (mask * ops.square(model_intensity - measured_intensity)
-              / (measured_intensity + 1.0)).sum(axis=(-2, -1)) / pixels
+    photon = frame_sums(mask * ops.square(model_intensity - measured_intensity) / (measured_intensity + 1.0)) / pixels
     return fourier, photon
 
 

@@ -107,23 +107,25 @@ class Update(nn.Cell):
     def step_terms(self, directions, residual, prior, indices):
         """This process's sums of the step-length system, (5,): ``c <v_O, v_O> + 2 <dO, dO>_w``,
         ``c <v_O, v_P>``, ``c <v_P, v_P>``, ``<r, v_O> + 2 <prior, dO>_w``, ``<r, v_P>``; ``prior`` is
-        ``(N - O re, im, weight)`` of the object's prior (zero without one)."""
+        ``(N - O re, im, weight)`` of the object's prior (zero without one). The steps go against the
+        directions (``dO = -direction``); the products are linear in them, so they are formed along the
+        directions and the two cross terms with ``r`` change sign (no object-sized negation)."""
         if not self.optimal_steps:
             return ops.zeros(5, ms.float32)
-        object_direction = (-directions[0], -directions[1])
-        (object_re, object_im), (probe_re, probe_im) = self.objective.step_products(
-            indices, object_direction, (-directions[2], -directions[3]))
-        change_re, change_im = ops.gather(object_direction[0], indices, 0), ops.gather(object_direction[1], indices, 0)
+        (object_re, object_im), (probe_re, probe_im) = self.objective.step_products(indices, directions[:2],
+                                                                                    directions[2:4])
+        change_re, change_im = ops.gather(directions[0], indices, 0), ops.gather(directions[1], indices, 0)
         prior_re, prior_im, weight = prior
         c = self.curvature
+        total = physics.total
         return ops.stack([
-            c * (ops.square(object_re) + ops.square(object_im)).sum()
-            + 2.0 * (weight * (ops.square(change_re) + ops.square(change_im))).sum(),
-            c * (object_re * probe_re + object_im * probe_im).sum(),
-            c * (ops.square(probe_re) + ops.square(probe_im)).sum(),
-            (residual[0] * object_re + residual[1] * object_im).sum()
-            + 2.0 * (weight * (prior_re * change_re + prior_im * change_im)).sum(),
-            (residual[0] * probe_re + residual[1] * probe_im).sum()])
+            c * total(ops.square(object_re) + ops.square(object_im))
+            + 2.0 * total(weight * (ops.square(change_re) + ops.square(change_im))),
+            c * total(object_re * probe_re + object_im * probe_im),
+            c * total(ops.square(probe_re) + ops.square(probe_im)),
+            -total(residual[0] * object_re + residual[1] * object_im)
+            - 2.0 * total(weight * (prior_re * change_re + prior_im * change_im)),
+            -total(residual[0] * probe_re + residual[1] * probe_im)])
 
     def lengths(self, terms):
         """Step lengths (object, probe) solving the 2 x 2 system of the summed ``terms``, or one group's
