@@ -1,4 +1,4 @@
-"""W1Net beside DM and ePIE on PtyPy's simulated MoonFlowerScan, and W1Net after DM in one chain.
+"""W1Net beside DM and ePIE on PtyPy's simulated MoonFlowerScan, and W1Net after each of them in one chain.
 
     ONEDNN_MAX_CPU_ISA=AVX2 GLOG_v=3 python examples/moonflower_w1net.py [--frames 200] [--iterations 100]
     ONEDNN_MAX_CPU_ISA=AVX2 GLOG_v=3 mpiexec -n 2 python examples/moonflower_w1net.py   # frames shared by 2 ranks
@@ -6,7 +6,7 @@
         --join=True examples/moonflower_w1net.py --distributed mindspore   # MindSpore's collectives; logs per worker
 
 Each engine runs the same number of iterations (epochs for ePIE and W1Net) on a fresh Ptycho of the same
-scan and noise; the chain gives DM and W1Net half each. W1Net runs as a single scan wants it: its
+scan and noise; a chain gives the engine before W1Net and W1Net half each. W1Net runs as a single scan wants it: its
 physics core (object and probe, ``network.name = None``); ``--network W1Network`` adds the network
 (README: at this dose it costs several times per epoch for no gain). Prints PtyPy's last Fourier error,
 the iterations' wall time and the registered object error against the simulated truth.
@@ -42,16 +42,22 @@ def main():
     contestants = [Contestant('DM', [dict(name='DM', numiter=args.iterations)]),
                    Contestant('ePIE', [dict(name='EPIE', numiter=args.iterations)]),
                    Contestant('W1Net', [dict(w1net, numiter=args.iterations)]),
-                   Contestant('DM+W1Net', [dict(name='DM', numiter=half), dict(w1net, numiter=half)])]
-    rows = []
+                   Contestant('DM+W1Net', [dict(name='DM', numiter=half), dict(w1net, numiter=half)]),
+                   Contestant('ePIE+W1Net', [dict(name='EPIE', numiter=half), dict(w1net, numiter=half)])]
+    rows, curves = [], {}
     for contestant in contestants:
         result, truth = run_contestant(p, contestant, seed=0)  # the same noise for every engine
         if parallel.master:
             score(result, truth)
             rows.append(result.row)
-            print(f"{contestant.name:>9s}: Fourier error {result.row['fourier_error']:.4g}, "
+            curves[contestant.name] = result.curve
+            print(f"{contestant.name:>10s}: Fourier error {result.row['fourier_error']:.4g}, "
                   f"{result.row['wall_s']:.1f} s, object error {result.row['object_error']:.4f}", flush=True)
     if parallel.master:
+        for row in rows[3:]:  # the chains against W1Net alone stopped at the same iteration time
+            alone = [c['object_error'] for c in curves['W1Net'] if c['wall_s'] <= row['wall_s']]
+            print(f"{row['contestant']:>10s}: object error {row['object_error']:.4f}; W1Net alone stopped at its "
+                  f"{row['wall_s']:.1f} s: {alone[-1]:.4f}")
         best = min(rows, key=lambda row: row['object_error'])
         print(f"lowest object error: {best['contestant']} ({best['object_error']:.4f})")
 

@@ -137,6 +137,21 @@ def illumination(probe, positions, object_shape):
     return add_patches(power.sum(0) if power.ndim == 3 else power, positions, object_shape)
 
 
+#: Object pixels a scan lights with less than this fraction of its brightest illumination: its data
+#: barely determine them (see :func:`neutral_where_weakly_lit`).
+WEAKLY_LIT = 0.01
+
+
+def neutral_where_weakly_lit(obj, illumination, fraction=WEAKLY_LIT):
+    """``(obj, count)``: the object (Ho, Wo) complex with transmission 1 where the ``illumination`` (Ho, Wo)
+    is below ``fraction`` of its maximum, and the number of such pixels (unlit ones, 0, excepted: they
+    touch no frame). An object handed over by another engine holds noise there that projection engines
+    amplify (DM and ePIE divide by the illumination); steps normalised by ``illumination + delta * max``
+    leave it slowly, while it still spoils the frames at the scan's edge."""
+    weak = (illumination > 0) & (illumination < fraction * illumination.max())
+    return np.where(weak, 1.0, obj).astype(np.result_type(obj, np.complex64)), int(weak.sum())
+
+
 def combine(scans, truths=None):
     """Several scans of one instrument as one: their objects side by side in one array (each in its own
     region, a column band of the width of its object), positions moved into their regions, frames and
