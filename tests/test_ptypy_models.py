@@ -45,9 +45,19 @@ def test_infer_mode_puts_the_stitched_patches_into_ptypys_object(trained_model, 
     assert np.all(np.isfinite(errors)) and errors[0] > 0 and errors[2] == 0
 
 
+def scan_illumination(P):
+    """The summed probe intensity (Ho, Wo) of the scan's frames, from PtyPy's pods."""
+    lit = np.zeros(stored_object(P).shape)
+    for pod in P.pods.values():
+        view = pod.ob_view
+        lit[view.dlow[0]:view.dhigh[0], view.dlow[1]:view.dhigh[1]] += np.abs(pod.probe) ** 2
+    return lit
+
+
 def test_an_engine_after_infer_in_one_chain_starts_from_the_inferred_object(trained_model, tmp_path):
     """Warm start in PtyPy: infer, then W1Net (network off, object held: rate 0, probe fixed) in the same chain
-    ends where infer put the object, up to the one global factor of the probe-power gauge."""
+    ends where infer put the object, up to the one global factor of the probe-power gauge, except where the
+    scan lights it below 1 % of its brightest: there every hand-over starts from transmission 1."""
     inferred = run(parameter_tree(tmp_path, [{'name': 'W1Net', 'numiter': 1, 'mode': 'infer',
                                               'model': {'load': trained_model}}]))
     chained = run(parameter_tree(tmp_path, [
@@ -55,9 +65,13 @@ def test_an_engine_after_infer_in_one_chain_starts_from_the_inferred_object(trai
         {'name': 'W1Net', 'numiter': 1, 'network': {'name': None}, 'object_update': {'learning_rate': 0.0},
          'probe_update': {'start': None}}]))
     start, end = stored_object(inferred), stored_object(chained)
-    lit = np.abs(start - 1) > 1e-6  # where infer wrote patches
-    ratio = end[lit] / start[lit]
-    np.testing.assert_allclose(ratio, np.median(ratio.real), rtol=1e-4, atol=1e-4)
+    illumination = scan_illumination(inferred)
+    weak = (illumination > 0) & (illumination < 0.01 * illumination.max())
+    kept = (np.abs(start - 1) > 1e-6) & ~weak  # where infer wrote patches and the scan lights well
+    assert weak.any() and kept.sum() > weak.sum()
+    gauge = np.median((end[kept] / start[kept]).real)
+    np.testing.assert_allclose(end[kept] / start[kept], gauge, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(end[weak], gauge, rtol=1e-4)
 
 
 def test_finetune_trains_the_loaded_network_from_the_first_epoch(trained_model, tmp_path):
