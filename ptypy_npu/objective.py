@@ -203,7 +203,8 @@ class JointObjective(PhysicsObjective):
         illumination = (ops.square(probe_re) + ops.square(probe_im)).sum(axis=0)
         teach_re, teach_im = net_re - ops.stop_gradient(patch_re), net_im - ops.stop_gradient(patch_im)
         difference = physics.frame_sums(illumination * (ops.square(teach_re) + ops.square(teach_im)))
-        loss = physics.total(self.data_term(net_model, intensities, mask)) + self.network_consistency * physics.total(difference)
+        loss = (physics.total(self.data_term(net_model, intensities, mask))
+                + self.network_consistency * physics.total(difference))
         return loss, difference, illumination, net_re, net_im
 
     def construct(self, amplitudes, intensities, mask, indices):
