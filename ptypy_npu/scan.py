@@ -143,13 +143,18 @@ WEAKLY_LIT = 0.01
 
 
 def neutral_where_weakly_lit(obj, illumination, fraction=WEAKLY_LIT):
-    """``(obj, count)``: the object (Ho, Wo) complex with transmission 1 where the ``illumination`` (Ho, Wo)
-    is below ``fraction`` of its maximum, and the number of such pixels (unlit ones, 0, excepted: they
-    touch no frame). An object handed over by another engine holds noise there that projection engines
-    amplify (DM and ePIE divide by the illumination); steps normalised by ``illumination + delta * max``
-    leave it slowly, while it still spoils the frames at the scan's edge."""
+    """``(obj, count)``: the object (Ho, Wo) complex set to its typical transmission where the ``illumination``
+    (Ho, Wo) is below ``fraction`` of its maximum, and the number of such pixels (unlit ones, 0, excepted:
+    they touch no frame). The typical transmission is the median amplitude of the pixels lit at least that
+    well, with the phase of their sum: not 1, since PtyPy's default start has a phase of its own (-3.1 rad
+    for its default sample) and DM and ePIE keep the phase they started from. An object handed over by
+    another engine holds noise where the scan lights it weakly, which projection engines amplify (DM and
+    ePIE divide by the illumination); steps normalised by ``illumination + delta * max`` leave it slowly,
+    while it still spoils the frames at the scan's edge."""
     weak = (illumination > 0) & (illumination < fraction * illumination.max())
-    return np.where(weak, 1.0, obj).astype(np.result_type(obj, np.complex64)), int(weak.sum())
+    well = illumination >= fraction * illumination.max()
+    typical = np.median(np.abs(obj[well])) * np.exp(1j * np.angle(obj[well].sum()))
+    return np.where(weak, typical, obj).astype(np.result_type(obj, np.complex64)), int(weak.sum())
 
 
 def combine(scans, truths=None):

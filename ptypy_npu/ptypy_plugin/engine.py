@@ -172,7 +172,7 @@ class W1Net(BaseEngine):
 
     def _handed_over(self, obj, probe, positions):
         """The object (Ho, Wo) the engine before left, made a start for W1Net's steps: amplitude outliers
-        clipped (:func:`clip_outliers`), transmission 1 where the scan lights it weakly
+        clipped (:func:`clip_outliers`), its typical transmission where the scan lights it weakly
         (:func:`~ptypy_npu.scan.neutral_where_weakly_lit`; measured on MoonFlowerScan, DM 50 iterations then
         W1Net 50 epochs: 0.081 kept as handed, 0.045 made neutral, W1Net alone 0.054). Across processes
         the illumination is that of all ranks' frames, so every rank changes the same pixels."""
@@ -180,7 +180,7 @@ class W1Net(BaseEngine):
         obj, weak = neutral_where_weakly_lit(clip_outliers(obj, lit > 0), lit)
         if weak:
             logger.info(f"W1Net: {weak} object pixels lit below {WEAKLY_LIT:g} of the brightest illumination "
-                        "set to transmission 1")
+                        "set to the object's typical transmission")
         return obj
 
     def engine_prepare(self):
