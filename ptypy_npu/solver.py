@@ -231,16 +231,21 @@ class JointSolver:
         return losses
 
     def compile(self):
-        """Compile every phase's step (a few seconds each; announced): one step on the first frames, then
-        every parameter and state back as it was. :meth:`run` does it first; a caller timing the
-        epochs (the PtyPy engine's ``prepare``) does it before."""
+        """Compile every phase's step and its curvature refresh (a few seconds each; announced): one step
+        (and refresh, with second-order optimizers) on the first frames, then every parameter, state and
+        the random generator back as they were. :meth:`run` does it first; a caller timing the epochs
+        (the PtyPy engine's ``prepare``) does it before."""
         probe_on = Tensor(np.float32(0.0))
         for phase in self.phases:
             if phase.start not in self._compiled:
                 logger.info(COMPILING[phase is not self.phases[0]])
-                state, batch = self.state(), self.shards.in_order(len(self.indices), self.settings.batch_size)[0]
-                phase.step(*self._inputs(batch), probe_on)
+                state, random_state = self.state(), self.rng.bit_generator.state
+                inputs = self._inputs(self.shards.in_order(len(self.indices), self.settings.batch_size)[0])
+                phase.hessian.refresh(inputs, self.rng)  # nothing without a second-order optimizer
+                phase.hessian.refreshes = 0
+                phase.step(*inputs, probe_on)
                 self.restore(state)
+                self.rng.bit_generator.state = random_state
                 self._compiled.add(phase.start)
 
     def _inputs(self, batch):

@@ -190,6 +190,25 @@ def test_the_compiled_step_reads_the_normalisers_delta_as_it_changes(scan):
                                rtol=1e-3, atol=1e-6 * np.abs(changes[0]).max())
 
 
+def test_compiling_takes_a_step_and_a_curvature_refresh_and_leaves_the_solver_as_it_was(scan):
+    """compile() runs AdaHessian's refresh too (its graph compiles there, not inside the first timed epoch),
+    then restores every parameter, optimizer state and the random generator: the epochs after it are
+    those of a solver that compiles inside run()."""
+    data, _ = scan
+    overrides = {**PHYSICS_ONLY, 'object_update.optimizer': 'adahessian', 'probe_update.optimizer': 'adahessian'}
+    solver, fresh = make_solver(data, overrides), make_solver(data, overrides)
+    solver.compile()
+    vectors = [v.asnumpy() for v in solver.phases[0].hessian.gauss_newton_product.vectors]
+    assert any(np.abs(v).max() == 1 for v in vectors)  # a Rademacher vector was drawn: the refresh ran
+    before, after = fresh.state(), solver.state()
+    assert sorted(after) == sorted(before)
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value, err_msg=name)
+    assert solver.rng.bit_generator.state == fresh.rng.bit_generator.state
+    assert solver.phases[0].hessian.refreshes == 0
+    np.testing.assert_array_equal(solver.run(2), fresh.run(2))
+
+
 def test_a_diverging_epoch_is_rolled_back_with_halved_rates(scan):
     data, _ = scan
     solver = make_solver(data, PHYSICS_ONLY)
