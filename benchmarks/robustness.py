@@ -126,10 +126,10 @@ def report(name, rows):
         frc = row.get('frc_halves_px')
         print(f"{label:10s} {row[key]:16.4f} {'-' if frc is None else f'{frc:.2f}':>13s} {row['wall_s']:7.1f} "
               f"{row['setup_s']:7.1f} {ratio:>20s} {start if start is None else round(start, 4)!s:>7s}")
-    ptypy_best = min(rows[e][key] for e in PTYPY_ENGINES if e in rows)
+    ptypy_best = min((rows[e][key] for e in PTYPY_ENGINES if e in rows), default=None)
     record = {'case': name, 'measure': key, 'ptypy_best': ptypy_best,
               'winner': min(rows, key=lambda e: rows[e][key])}
-    if 'W1Net-off' in rows:
+    if 'W1Net-off' in rows and ptypy_best is not None:  # --engines may leave PtyPy's out
         off = rows['W1Net-off']
         record.update(off=off[key], ratio=off[key] / ptypy_best,
                       worse_than_start=off['curve'][0][key] is not None and off[key] > off['curve'][0][key])

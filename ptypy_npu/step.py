@@ -38,6 +38,13 @@ from .optim import HessianVectorProduct, rademacher_like
 #: The longest step, in units of the normalised (projection-like) step.
 MAX_STEP_LENGTH = 4.0
 
+#: The step-length system's object-probe coupling is scaled by ``1 - COUPLING_DAMPING``. Within one frame a
+#: normalised object step and a normalised probe step change the exit wave alike (both about the residual
+#: where the frame is bright), so for a batch of one frame, or of frames that barely overlap, the 2 x 2
+#: system is singular and its exact solution is rounding noise (one group driven to 0, the other to the
+#: clip). Damped, a singular system splits the step evenly; an uncoupled one (b = 0) is solved exactly.
+COUPLING_DAMPING = 0.05
+
 
 def clipped(length):
     """A step length limited to [0, MAX_STEP_LENGTH]."""
@@ -128,19 +135,28 @@ class Update(nn.Cell):
             -total(residual[0] * probe_re + residual[1] * probe_im)])
 
     def lengths(self, terms):
-        """Step lengths (object, probe) solving the 2 x 2 system of the summed ``terms``, or one group's
-        1-D optimum when the other keeps its own step (length 1), clipped to [0, MAX_STEP_LENGTH]."""
+        """Step lengths (object, probe) minimising the quadratic model of the summed ``terms`` over lengths
+        >= 0, or one group's 1-D optimum when the other keeps its own step (length 1); at most MAX_STEP_LENGTH.
+        The 2 x 2 system's coupling is damped (:data:`COUPLING_DAMPING`)."""
         if not self.optimal_steps:
             return 1.0, 1.0
         a, b, d, u, v = terms[0], terms[1], terms[2], terms[3], terms[4]
-        damping = 1e-6 * (a + d) + 1e-30  # keeps the system regular when the probe is held fixed (d = 0)
-        a, d = a + damping, d + damping
+        tiny = 1e-6 * (a + d) + 1e-30  # keeps the 1-D optima finite when the probe is held fixed (d = 0)
+        object_alone, probe_alone = ops.maximum(u / (a + tiny), 0.0), ops.maximum(v / (d + tiny), 0.0)
         if not self.probe_lengths:
-            return clipped(u / a), 1.0
+            return clipped(object_alone), 1.0
         if not self.object_lengths:
-            return 1.0, clipped(v / d)
-        determinant = a * d - b * b
-        return clipped((u * d - v * b) / determinant), clipped((a * v - b * u) / determinant)
+            return 1.0, clipped(probe_alone)
+        b = b * (1.0 - COUPLING_DAMPING)
+        determinant = a * d - b * b + tiny * tiny
+        object_length, probe_length = (u * d - v * b) / determinant, (a * v - b * u) / determinant
+        # a negative length: the optimum lies on an edge of the quadrant, the other length's 1-D optimum
+        inside = ops.logical_and(object_length >= 0, probe_length >= 0)
+        object_edge = ops.logical_and(ops.logical_not(inside), u * object_alone >= v * probe_alone)
+        probe_edge = ops.logical_and(ops.logical_not(inside), ops.logical_not(object_edge))
+        object_length = ops.select(object_edge, object_alone, ops.select(probe_edge, ops.zeros_like(u), object_length))
+        probe_length = ops.select(probe_edge, probe_alone, ops.select(object_edge, ops.zeros_like(v), probe_length))
+        return clipped(object_length), clipped(probe_length)
 
     def apply(self, directions, terms):
         """Each optimizer steps along its direction times its length."""

@@ -182,6 +182,35 @@ def test_the_step_preconditions_unmeasured_pixels_with_the_expected_gauss_newton
     assert float(object_length.asnumpy()) == pytest.approx(1.5 / 2.0, rel=1e-4) and probe_length == 1.0
 
 
+@pytest.mark.parametrize('terms', [
+    (2.0, 0.5, 3.0, 1.5, 7.0),     # the optimum inside the quadrant
+    (2.0, 1.8, 3.0, 0.2, 4.0),     # the unconstrained object length is negative
+    (3.0, -1.0, 1.0, 2.0, -0.5),   # the unconstrained probe length is negative
+    (1.0, 0.9, 1.0, -0.1, -0.2),   # both negative: no step
+    (1.0, 0.0, 4.0, 1.0, 2.0),     # uncoupled: the two 1-D optima
+    (2.0, 2.0, 2.0, 2.0, 2.0),     # singular (one frame's collinear steps): an even split
+    (1e-3, 0.0, 1.0, 1.0, 0.1),    # beyond the longest step
+])
+def test_step_lengths_minimise_the_damped_quadratic_model_over_non_negative_lengths(terms):
+    """The lengths minimise ``q(x) = x.A x / 2 - (u, v).x`` over x >= 0, A = [[a, s b], [s b, d]] with
+    s = 1 - COUPLING_DAMPING, and are clipped to MAX_STEP_LENGTH; the reference is scipy's bounded minimiser."""
+    from scipy.optimize import minimize
+    from ptypy_npu.step import COUPLING_DAMPING, MAX_STEP_LENGTH
+    a, b, d, u, v = terms
+    objective = PhysicsObjective(parameter_pair(np.ones(16, complex), 'o'), parameter_pair(np.ones((1, 4, 4), complex), 'p'),
+                                 centred_fft_factors((4, 4)), 'gaussian')
+    sgd = plugins.optimizer_factory('sgd')
+    update = Update(objective, (sgd([objective.object_re, objective.object_im], 1.0),
+                                sgd([objective.probe_re, objective.probe_im], 1.0), None), regularisation_parameter(0.5), 2.0)
+    matrix = np.array([[a, (1 - COUPLING_DAMPING) * b], [(1 - COUPLING_DAMPING) * b, d]])
+    reference = minimize(lambda x: x @ matrix @ x / 2 - x @ (u, v), np.ones(2), jac=lambda x: matrix @ x - (u, v),
+                         bounds=[(0, None)] * 2, method='L-BFGS-B', options={'ftol': 1e-15, 'gtol': 1e-12}).x
+    lengths = [float(x.asnumpy()) for x in update.lengths(Tensor(np.array(terms, np.float32)))]
+    np.testing.assert_allclose(lengths, np.minimum(reference, MAX_STEP_LENGTH), rtol=1e-4, atol=1e-6)
+    if terms == (2.0, 2.0, 2.0, 2.0, 2.0):
+        assert lengths == pytest.approx([1 / (2 - COUPLING_DAMPING)] * 2, rel=1e-5)
+
+
 def test_the_image_adahessian_is_refused_on_the_network_by_name():
     """Its construct moves along directions the step makes for the object and probe only: on the network it
     would be plain SGD."""
