@@ -17,6 +17,8 @@ Printed per unseen object, registered error against the truth:
 * ``solve``: physics-only refinement (network off) from the flat object, ``--solve-epochs`` epochs;
 * ``warm``: the same refinement from the holographic one pass: the epochs and seconds it needs to reach
   the from-scratch final error, against the from-scratch run's. Target: at most a third of either.
+  ``from estimate``: the same from the stitched estimates (no network), and its final error: whether a
+  better start shortens the refinement at all.
 """
 import argparse
 import dataclasses
@@ -32,7 +34,7 @@ from ptypy_npu.pretraining import PRETRAINING_DEFAULTS, corpus, instrument, pret
 from ptypy_npu.simulate import simulate_scan
 
 #: Unseen objects: (simulator object, seed); corpus seeds run from --corpus-seed upwards.
-UNSEEN = (('star', 1000), ('random', 1001), ('random', 1002))
+UNSEEN = (('star', 1000), ('random', 1001), ('random', 1002), ('random', 1003), ('random', 1004))
 INPUTS = ('holographic', 'diffraction')
 
 
@@ -77,6 +79,12 @@ def solve(data, truth, region, epochs, target=None):
     return registered_error(solver.object, truth, region), time.perf_counter() - tick, reached
 
 
+def reached(refinement, epochs):
+    """'epochs/total seconds' at which a :func:`solve` reached its target, or 'never'."""
+    hit = refinement[2]
+    return f"{'never':>12s} {'-':>7s}" if hit is None else f"{f'{hit[0]}/{epochs}':>12s} {hit[1]:7.1f}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--objects', type=int, default=16, help='corpus objects')
@@ -95,21 +103,23 @@ def main():
                   f"epochs in {seconds:.0f} s", flush=True)
         print(f"\n{'unseen object':16s} {'flat':>6s} {'estimate':>8s} " +
               ' '.join(f"{'one pass ' + k[:5]:>15s}" for k in INPUTS) +
-              f" {'frames/s':>8s} {'solve':>6s} {'solve s':>7s} {'warm: epochs':>12s} {'warm s':>7s}")
+              f" {'frames/s':>8s} {'solve':>6s} {'solve s':>7s} {'warm: epochs':>12s} {'warm s':>7s}"
+              f" {'from estimate':>13s} {'s':>7s} {'final':>6s}")
         for name, seed in UNSEEN:
             data, truth = simulate_scan(frame_size=args.frame_size, count=args.frames, photons=args.photons,
                                         seed=seed, obj=name)
             region = illuminated_region(data.probe, data.positions, truth.shape)
             errors = {k: registered_error(stitched(m, data)[0], truth, region) for k, m in models.items()}
-            estimate = registered_error(stitched(EstimateOnly(data.frame_shape), data)[0], truth, region)
+            estimate_object = stitched(EstimateOnly(data.frame_shape), data)[0]
+            estimate = registered_error(estimate_object, truth, region)
             one_pass, rate = stitched(models['holographic'], data)
             scratch, scratch_s, _ = solve(data, truth, region, args.solve_epochs)
-            _, _, reached = solve(dataclasses.replace(data, obj=one_pass), truth, region, args.solve_epochs, scratch)
-            warm = ('never', '-') if reached is None else (f"{reached[0]}/{args.solve_epochs}", f"{reached[1]:.1f}")
+            warm, from_estimate = (solve(dataclasses.replace(data, obj=start), truth, region, args.solve_epochs, scratch)
+                                   for start in (one_pass, estimate_object))
             print(f"{name + ' ' + str(seed):16s} {registered_error(data.obj, truth, region):6.3f} {estimate:8.3f} " +
                   ' '.join(f"{errors[k]:15.3f}" for k in INPUTS) +
-                  f" {rate:8.0f} {scratch:6.3f} {scratch_s:7.1f} {warm[0]:>12s} {warm[1]:>7s}",
-                  flush=True)
+                  f" {rate:8.0f} {scratch:6.3f} {scratch_s:7.1f} {reached(warm, args.solve_epochs)} "
+                  f"{reached(from_estimate, args.solve_epochs)} {from_estimate[0]:6.3f}", flush=True)
 
 
 if __name__ == '__main__':
