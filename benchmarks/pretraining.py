@@ -26,9 +26,8 @@ import tempfile
 import time
 
 from ptypy_npu import settings
-from ptypy_npu.guesses import patch_estimates
 from ptypy_npu.metrics import illuminated_region, registered_error
-from ptypy_npu.models import StreamingReconstruction, load_model, save_model
+from ptypy_npu.models import SingleFrameEstimates, StreamingReconstruction, load_model, save_model
 from ptypy_npu.plugins import build_solver
 from ptypy_npu.pretraining import PRETRAINING_DEFAULTS, corpus, instrument, pretraining_solver
 from ptypy_npu.simulate import simulate_scan
@@ -36,16 +35,6 @@ from ptypy_npu.simulate import simulate_scan
 #: Unseen objects: (simulator object, seed); corpus seeds run from --corpus-seed upwards.
 UNSEEN = (('star', 1000), ('random', 1001), ('random', 1002), ('random', 1003), ('random', 1004))
 INPUTS = ('holographic', 'diffraction')
-
-
-class EstimateOnly:
-    """A stand-in model whose patches are the single-frame estimates themselves (the network-off ablation)."""
-
-    def __init__(self, frame_shape):
-        self.frame_shape = frame_shape
-
-    def predict(self, intensities, batch_size, probe, propagator):
-        return patch_estimates(intensities, probe, propagator)
 
 
 def stitched(model, data):
@@ -110,7 +99,7 @@ def main():
                                         seed=seed, obj=name)
             region = illuminated_region(data.probe, data.positions, truth.shape)
             errors = {k: registered_error(stitched(m, data)[0], truth, region) for k, m in models.items()}
-            estimate_object = stitched(EstimateOnly(data.frame_shape), data)[0]
+            estimate_object = stitched(SingleFrameEstimates(data.probe), data)[0]
             estimate = registered_error(estimate_object, truth, region)
             one_pass, rate = stitched(models['holographic'], data)
             scratch, scratch_s, _ = solve(data, truth, region, args.solve_epochs)

@@ -239,13 +239,19 @@ def _pretrain(args):
 def _reconstruct(args):
     from .io import save_png, save_result
     from .metrics import illuminated_region, registered_error
-    from .models import StreamingReconstruction, load_model
+    from .models import SingleFrameEstimates, StreamingReconstruction, load_model
     png = _check_outputs(args, args.png)
     _positive('--batch-size', args.batch_size)
     _positive('--chunk', args.chunk)
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device) if args.model else None
     (data, _), = _load_scans(args, model)
     truth = _truth(args)
+    if model is None:
+        if data.probe is None:
+            raise ValueError(f"{args.inputs} holds no probe: without --model, reconstruct stitches the frames' "
+                             "single-shot estimates, which need the probe; give --probe FILE (or --model)")
+        model = SingleFrameEstimates(data.probe)
+        print("no --model: stitching the frames' single-shot estimates (no network)", flush=True)
     model.check(data)
     stream = StreamingReconstruction(model, data.obj.shape, data.probe, args.batch_size, fill=data.obj,
                                      propagator=data.propagator,
@@ -255,7 +261,8 @@ def _reconstruct(args):
                      for k in range(0, len(data.positions), chunk))
     if truth is not None:
         print(f"object error {registered_error(obj, truth[0], truth[1]):.4f}")
-    metadata = {'ptypy_npu_version': __version__, 'input': str(args.inputs), 'model': str(args.model),
+    metadata = {'ptypy_npu_version': __version__, 'input': str(args.inputs),
+                'model': str(args.model) if args.model else 'none: single-frame estimates',
                 'frames_per_second': stream.frames_done / stream.seconds}
     save_result(args.out, obj, data.probe, data.positions, metadata, force=args.force)
     print(f"wrote {args.out}")
@@ -384,9 +391,12 @@ def build_parser():
     add_setting_flags(train)
     train.set_defaults(run=_train_model)
 
-    reconstruct = commands.add_parser('reconstruct', help="one-pass reconstruction of a scan with a trained model")
+    reconstruct = commands.add_parser('reconstruct', help="one-pass reconstruction of a scan with a trained model, "
+                                                          "or without one from its frames' single-shot estimates")
     _add_scan_inputs(reconstruct)
-    reconstruct.add_argument('--model', required=True, help='model directory written by `ptypy-npu train`')
+    reconstruct.add_argument('--model', help='model directory written by `ptypy-npu train` or `pretrain`; without '
+                                             "it, the frames' single-shot estimates are stitched (no network; the "
+                                             'scan needs its probe, or --probe)')
     reconstruct.add_argument('--out', required=True, help='HDF5 result file to write')
     reconstruct.add_argument('--png', action='store_true', help='also write amplitude/phase as OUT.png')
     reconstruct.add_argument('--truth', help="truth file (simulate's .truth.npz): print the object error")

@@ -22,6 +22,7 @@ from . import __version__, plugins
 from .device import select_device
 from .distributed import allreduce_arrays
 from .files import atomic_output
+from .guesses import patch_estimates
 from .networks import PatchPredictor, copy_weights, inputs_for, network_weights
 from .scan import add_patches
 from .settings import Network
@@ -186,6 +187,25 @@ def probe_overlap(probe, reference):
     complex factor)."""
     a, b = np.ravel(np.asarray(probe).reshape((-1,) + np.shape(reference)[-2:])[0]), np.ravel(reference[0])
     return float(np.abs(np.vdot(a, b)) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+class SingleFrameEstimates:
+    """The one pass without a network: a stand-in for a :class:`TrainedModel` whose patches are the frames'
+    single-shot estimates (:func:`~ptypy_npu.guesses.patch_estimates`, the holographic networks' input),
+    for :class:`StreamingReconstruction`. Needs the scan's probe (M, H, W) complex and no training; on
+    unseen objects its stitched estimates beat the pretrained networks on four of five (README)."""
+
+    def __init__(self, probe):
+        self.probe = np.asarray(probe)
+        self.frame_shape = tuple(self.probe.shape[-2:])
+
+    def predict(self, intensities, batch_size=64, probe=None, propagator=None):
+        """Patches (N, H, W) complex of frames (N, H, W) photons; ``batch_size`` is not used."""
+        return patch_estimates(intensities, self.probe if probe is None else probe, propagator)
+
+    def check(self, data):
+        """Nothing to check against: no training range. Returns no warnings."""
+        return []
 
 
 class StreamingReconstruction:
