@@ -141,14 +141,14 @@ class Update(nn.Cell):
         if not self.optimal_steps:
             return 1.0, 1.0
         a, b, d, u, v = terms[0], terms[1], terms[2], terms[3], terms[4]
-        tiny = 1e-6 * (a + d) + 1e-30  # keeps the 1-D optima finite when the probe is held fixed (d = 0)
-        object_alone, probe_alone = ops.maximum(u / (a + tiny), 0.0), ops.maximum(v / (d + tiny), 0.0)
+        tiny = 1e-6 * (a + d) + 1e-30  # keeps the system regular when the probe is held fixed (d = 0)
+        a, d, b = a + tiny, d + tiny, b * (1.0 - COUPLING_DAMPING)
+        object_alone, probe_alone = ops.maximum(u / a, 0.0), ops.maximum(v / d, 0.0)
         if not self.probe_lengths:
             return clipped(object_alone), 1.0
         if not self.object_lengths:
             return 1.0, clipped(probe_alone)
-        b = b * (1.0 - COUPLING_DAMPING)
-        determinant = a * d - b * b + tiny * tiny
+        determinant = a * d - b * b
         object_length, probe_length = (u * d - v * b) / determinant, (a * v - b * u) / determinant
         # a negative length: the optimum lies on an edge of the quadrant, the other length's 1-D optimum
         inside = ops.logical_and(object_length >= 0, probe_length >= 0)

@@ -5,6 +5,7 @@ import numpy as np
 import mindspore as ms
 import pytest
 from mindspore import Parameter, Tensor, nn, ops
+from scipy.optimize import minimize
 
 from helpers import SMALL_NETWORK, make_solver
 
@@ -13,7 +14,7 @@ from ptypy_npu.plugins import build_solver
 from ptypy_npu.optim import AdaHessian, AdamW, HessianVectorProduct, Lion
 from ptypy_npu.objective import PhysicsObjective, parameter_pair
 from ptypy_npu.physics import centred_fft_factors
-from ptypy_npu.step import Update, diagonal_estimate, regularisation_parameter
+from ptypy_npu.step import COUPLING_DAMPING, MAX_STEP_LENGTH, Update, diagonal_estimate, regularisation_parameter
 from ptypy_npu.simulate import simulate_scan
 
 RNG = np.random.default_rng(5)
@@ -182,6 +183,17 @@ def test_the_step_preconditions_unmeasured_pixels_with_the_expected_gauss_newton
     assert float(object_length.asnumpy()) == pytest.approx(1.5 / 2.0, rel=1e-4) and probe_length == 1.0
 
 
+def sgd_update():
+    """The step of a small objective whose object and probe both take sgd with step lengths."""
+    objective = PhysicsObjective(parameter_pair(np.ones(16, complex), 'o'),
+                                 parameter_pair(np.ones((1, 4, 4), complex), 'p'), centred_fft_factors((4, 4)),
+                                 'gaussian')
+    sgd = plugins.optimizer_factory('sgd')
+    return Update(objective, (sgd([objective.object_re, objective.object_im], 1.0),
+                              sgd([objective.probe_re, objective.probe_im], 1.0), None),
+                  regularisation_parameter(0.5), 2.0)
+
+
 @pytest.mark.parametrize('terms', [
     (2.0, 0.5, 3.0, 1.5, 7.0),     # the optimum inside the quadrant
     (2.0, 1.8, 3.0, 0.2, 4.0),     # the unconstrained object length is negative
@@ -194,14 +206,8 @@ def test_the_step_preconditions_unmeasured_pixels_with_the_expected_gauss_newton
 def test_step_lengths_minimise_the_damped_quadratic_model_over_non_negative_lengths(terms):
     """The lengths minimise ``q(x) = x.A x / 2 - (u, v).x`` over x >= 0, A = [[a, s b], [s b, d]] with
     s = 1 - COUPLING_DAMPING, and are clipped to MAX_STEP_LENGTH; the reference is scipy's bounded minimiser."""
-    from scipy.optimize import minimize
-    from ptypy_npu.step import COUPLING_DAMPING, MAX_STEP_LENGTH
     a, b, d, u, v = terms
-    objective = PhysicsObjective(parameter_pair(np.ones(16, complex), 'o'), parameter_pair(np.ones((1, 4, 4), complex), 'p'),
-                                 centred_fft_factors((4, 4)), 'gaussian')
-    sgd = plugins.optimizer_factory('sgd')
-    update = Update(objective, (sgd([objective.object_re, objective.object_im], 1.0),
-                                sgd([objective.probe_re, objective.probe_im], 1.0), None), regularisation_parameter(0.5), 2.0)
+    update = sgd_update()
     matrix = np.array([[a, (1 - COUPLING_DAMPING) * b], [(1 - COUPLING_DAMPING) * b, d]])
     reference = minimize(lambda x: x @ matrix @ x / 2 - x @ (u, v), np.ones(2), jac=lambda x: matrix @ x - (u, v),
                          bounds=[(0, None)] * 2, method='L-BFGS-B', options={'ftol': 1e-15, 'gtol': 1e-12}).x
@@ -209,6 +215,14 @@ def test_step_lengths_minimise_the_damped_quadratic_model_over_non_negative_leng
     np.testing.assert_allclose(lengths, np.minimum(reference, MAX_STEP_LENGTH), rtol=1e-4, atol=1e-6)
     if terms == (2.0, 2.0, 2.0, 2.0, 2.0):
         assert lengths == pytest.approx([1 / (2 - COUPLING_DAMPING)] * 2, rel=1e-5)
+
+
+def test_step_lengths_with_the_probe_held_still_are_the_objects_1d_optimum():
+    """While the probe is held (``probe_on`` 0: its direction, and so d, b and v, are zero) the object takes
+    u / a and the probe 0, the system kept regular by its tiny diagonal term."""
+    update = sgd_update()
+    lengths = [float(x.asnumpy()) for x in update.lengths(Tensor(np.array([2.0, 0.0, 0.0, 1.5, 0.0], np.float32)))]
+    assert lengths == pytest.approx([0.75, 0.0], rel=1e-5, abs=1e-9)
 
 
 def test_the_image_adahessian_is_refused_on_the_network_by_name():
