@@ -11,7 +11,9 @@
    scan's geometry, dose and step; library objects, MoonFlower's photograph never among them,
    ``--objects``, ``--corpus-frames``, ``--epochs``): MFLOP per frame, frames/s and DM's time over
    the one pass (predict + stitch, warm, median of 5), and the registered error of the one pass against the
-   truth (the object is unseen). Then the last variant's whole engine call in mode 'infer'
+   truth (the object is unseen); beside them, the ablation without a network (the frames' single-shot
+   estimates stitched, ``SingleFrameEstimates``: no MFLOP of a network, no pretraining). Then the last
+   variant's whole engine call in mode 'infer'
    (initialize, loading the model; prepare, compiling; one iterate with PtyPy's errors; finalize).
    Targets: one pass <= 1/100 of DM's time; unseen error <= 0.25.
 """
@@ -88,7 +90,7 @@ def moonflower_versus_dm(workdir, args):
     from ptypy.utils import parallel
     from ptypy_npu import settings
     from ptypy_npu.metrics import registered_error
-    from ptypy_npu.models import load_model, save_model
+    from ptypy_npu.models import SingleFrameEstimates, StreamingReconstruction, load_model, save_model
     from ptypy_npu.pretraining import PRETRAINING_DEFAULTS, corpus, instrument, pretraining_solver
     from ptypy_npu.ptypy_plugin.engine import W1Net
     from ptypy_npu.ptypy_plugin.moonflower import moonflower_scan, true_object, use_structured_object
@@ -122,7 +124,25 @@ def moonflower_versus_dm(workdir, args):
     engine.initialize()
     data, _ = engine.scan_data()
     data.probe = next(iter(P.probe.storages.values())).data.copy()  # the instrument's probe: DM's
-    rows = []
+    def one_pass(reconstruct):
+        """The object of ``reconstruct()`` and its median time over :data:`ONE_PASS_REPEATS` warm runs."""
+        reconstruct()  # compiles
+        seconds = []
+        for _ in range(ONE_PASS_REPEATS):
+            tick = time.perf_counter()
+            obj = reconstruct()
+            seconds.append(time.perf_counter() - tick)
+        return obj, float(np.median(seconds))
+
+    def stitched_estimates():
+        stream = StreamingReconstruction(SingleFrameEstimates(data.probe), np.shape(data.obj), data.probe,
+                                         fill=data.obj, propagator=data.propagator)
+        stream.feed(data.intensities, data.positions)
+        return stream.object
+
+    obj, seconds = one_pass(stitched_estimates)
+    rows = [('no network (single-frame estimates)', None, len(data.positions) / seconds, dm / seconds,
+             registered_error(obj, truth, region), 0.0)]
     for name, options in VARIANTS.items():
         if name.split()[0] not in args.variants:
             continue
@@ -135,14 +155,8 @@ def moonflower_versus_dm(workdir, args):
         directory = os.path.join(workdir, name)
         save_model(directory, solver.export_network())
         model = load_model(directory)
-        model.reconstruct(data)  # compiles
-        seconds = []
-        for _ in range(ONE_PASS_REPEATS):
-            tick = time.perf_counter()
-            obj = model.reconstruct(data)
-            seconds.append(time.perf_counter() - tick)
-        one_pass = float(np.median(seconds))
-        rows.append((name, w1_mflops(128, **options), len(data.positions) / one_pass, dm / one_pass,
+        obj, seconds = one_pass(lambda: model.reconstruct(data))
+        rows.append((name, w1_mflops(128, **options), len(data.positions) / seconds, dm / seconds,
                      registered_error(obj, truth, region), pretraining))
     flat = registered_error(np.ones_like(truth), truth, region)
     infer = timed(ptycho(), dict(name='W1Net', mode='infer', numiter=1, model=u.Param(load=directory)))
@@ -179,7 +193,8 @@ def main():
     print(f"{'variant':32s} {'MFLOP/frame':>11s} {'frames/s':>9s} {'DM / one pass':>13s} {'unseen error':>12s} "
           f"{'pretraining s':>13s}")
     for name, mflop, rate, ratio, error, seconds in r['rows']:
-        print(f"{name:32s} {mflop:11.1f} {rate:9.0f} {ratio:13.0f} {error:12.3f} {seconds:13.0f}")
+        print(f"{name:32s} {'-' if mflop is None else f'{mflop:.1f}':>11s} {rate:9.0f} {ratio:13.0f} {error:12.3f} "
+              f"{seconds:13.0f}")
     print(f"W1Net mode 'infer', whole engine call ({r['engine_variant']}; loading, compiling, one pass, PtyPy's "
           f"errors): {r['engine']:.2f} s = 1/{r['dm'] / r['engine']:.0f} of DM")
 
