@@ -90,7 +90,7 @@ def moonflower_versus_dm(workdir, args):
     from ptypy.utils import parallel
     from ptypy_npu import settings
     from ptypy_npu.metrics import registered_error
-    from ptypy_npu.models import SingleFrameEstimates, StreamingReconstruction, load_model, save_model
+    from ptypy_npu.models import SingleFrameEstimates, load_model, save_model
     from ptypy_npu.pretraining import PRETRAINING_DEFAULTS, corpus, instrument, pretraining_solver
     from ptypy_npu.ptypy_plugin.engine import W1Net
     from ptypy_npu.ptypy_plugin.moonflower import moonflower_scan, true_object, use_structured_object
@@ -124,23 +124,18 @@ def moonflower_versus_dm(workdir, args):
     engine.initialize()
     data, _ = engine.scan_data()
     data.probe = next(iter(P.probe.storages.values())).data.copy()  # the instrument's probe: DM's
-    def one_pass(reconstruct):
-        """The object of ``reconstruct()`` and its median time over :data:`ONE_PASS_REPEATS` warm runs."""
-        reconstruct()  # compiles
+
+    def one_pass(model):
+        """The object of ``model``'s one pass and its median time over :data:`ONE_PASS_REPEATS` warm runs."""
+        model.reconstruct(data)  # compiles
         seconds = []
         for _ in range(ONE_PASS_REPEATS):
             tick = time.perf_counter()
-            obj = reconstruct()
+            obj = model.reconstruct(data)
             seconds.append(time.perf_counter() - tick)
         return obj, float(np.median(seconds))
 
-    def stitched_estimates():
-        stream = StreamingReconstruction(SingleFrameEstimates(data.probe), np.shape(data.obj), data.probe,
-                                         fill=data.obj, propagator=data.propagator)
-        stream.feed(data.intensities, data.positions)
-        return stream.object
-
-    obj, seconds = one_pass(stitched_estimates)
+    obj, seconds = one_pass(SingleFrameEstimates(data.probe))
     rows = [('no network (single-frame estimates)', None, len(data.positions) / seconds, dm / seconds,
              registered_error(obj, truth, region), 0.0)]
     for name, options in VARIANTS.items():
@@ -154,8 +149,7 @@ def moonflower_versus_dm(workdir, args):
         pretraining = time.perf_counter() - tick
         directory = os.path.join(workdir, name)
         save_model(directory, solver.export_network())
-        model = load_model(directory)
-        obj, seconds = one_pass(lambda: model.reconstruct(data))
+        obj, seconds = one_pass(load_model(directory))
         rows.append((name, w1_mflops(128, **options), len(data.positions) / seconds, dm / seconds,
                      registered_error(obj, truth, region), pretraining))
     flat = registered_error(np.ones_like(truth), truth, region)

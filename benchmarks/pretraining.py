@@ -17,7 +17,7 @@ Printed per unseen object, registered error against the truth:
 * ``solve``: physics-only refinement (network off) from the flat object, ``--solve-epochs`` epochs;
 * ``warm``: the same refinement from the holographic one pass: the epochs and seconds it needs to reach
   the from-scratch final error, against the from-scratch run's. Target: at most a third of either.
-  ``from estimate``: the same from the stitched estimates (no network), and its final error: whether a
+  ``from est.``: the same from the stitched estimates (no network), and its final error: whether a
   better start shortens the refinement at all.
 """
 import argparse
@@ -93,18 +93,19 @@ def main():
         print(f"\n{'unseen object':16s} {'flat':>6s} {'estimate':>8s} " +
               ' '.join(f"{'one pass ' + k[:5]:>15s}" for k in INPUTS) +
               f" {'frames/s':>8s} {'solve':>6s} {'solve s':>7s} {'warm: epochs':>12s} {'warm s':>7s}"
-              f" {'from estimate':>13s} {'s':>7s} {'final':>6s}")
+              f" {'from est.':>12s} {'s':>7s} {'final':>6s}")
         for name, seed in UNSEEN:
             data, truth = simulate_scan(frame_size=args.frame_size, count=args.frames, photons=args.photons,
                                         seed=seed, obj=name)
             region = illuminated_region(data.probe, data.positions, truth.shape)
             errors = {k: registered_error(stitched(m, data)[0], truth, region) for k, m in models.items()}
-            estimate_object = stitched(SingleFrameEstimates(data.probe), data)[0]
+            estimate_object = SingleFrameEstimates(data.probe).reconstruct(data)
             estimate = registered_error(estimate_object, truth, region)
             one_pass, rate = stitched(models['holographic'], data)
             scratch, scratch_s, _ = solve(data, truth, region, args.solve_epochs)
-            warm, from_estimate = (solve(dataclasses.replace(data, obj=start), truth, region, args.solve_epochs, scratch)
-                                   for start in (one_pass, estimate_object))
+            warm = solve(dataclasses.replace(data, obj=one_pass), truth, region, args.solve_epochs, scratch)
+            from_estimate = solve(dataclasses.replace(data, obj=estimate_object), truth, region, args.solve_epochs,
+                                  scratch)
             print(f"{name + ' ' + str(seed):16s} {registered_error(data.obj, truth, region):6.3f} {estimate:8.3f} " +
                   ' '.join(f"{errors[k]:15.3f}" for k in INPUTS) +
                   f" {rate:8.0f} {scratch:6.3f} {scratch_s:7.1f} {reached(warm, args.solve_epochs)} "

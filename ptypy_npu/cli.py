@@ -78,9 +78,10 @@ def _positive(name, value):
         raise ValueError(f"{name} must be >= 1, got {value}")
 
 
-def _load_scans(args, model=None):
+def _load_scans(args, model=None, needs_probe=None):
     """[(ScanData, truth or None)] from ``--simulate`` or the INPUT files, each with a probe: ``--probe``,
-    else the file's, else the model's, else None (the solver guesses one from the data and says so)."""
+    else the file's, else the model's, else None (the solver guesses one from the data and says so), or,
+    given ``needs_probe`` (why the command cannot guess one), a ValueError naming --probe."""
     from .io import load_scan, read_probe
     from .simulate import simulate_scan
     _positive('--frames', args.frames)
@@ -99,6 +100,8 @@ def _load_scans(args, model=None):
             data.probe = read_probe(args.probe, data.frame_shape)
         elif data.probe is None and model is not None:
             data.probe = model.probe
+        elif data.probe is None and needs_probe:
+            raise ValueError(f"{path} holds no probe: {needs_probe}; give --probe FILE")
         elif data.probe is None:
             logging.getLogger(__name__).info(f"{path} holds no probe (--probe FILE gives one): guessing one")
         scans.append((data if data.probe is None else data.validate(), None))
@@ -244,12 +247,10 @@ def _reconstruct(args):
     _positive('--batch-size', args.batch_size)
     _positive('--chunk', args.chunk)
     model = load_model(args.model, args.device) if args.model else None
-    (data, _), = _load_scans(args, model)
+    (data, _), = _load_scans(args, model, needs_probe="without --model, reconstruct stitches the frames' "
+                                                      "single-shot estimates, which need the probe")
     truth = _truth(args)
     if model is None:
-        if data.probe is None:
-            raise ValueError(f"{args.inputs} holds no probe: without --model, reconstruct stitches the frames' "
-                             "single-shot estimates, which need the probe; give --probe FILE (or --model)")
         model = SingleFrameEstimates(data.probe)
         print("no --model: stitching the frames' single-shot estimates (no network)", flush=True)
     model.check(data)
@@ -323,12 +324,12 @@ def _plugins(args):
     return 0
 
 
-def _add_scan_inputs(parser, several=False):
+def _add_scan_inputs(parser, several=False, probe_default="the file's, else one guessed from the data"):
     parser.add_argument('inputs', nargs='+' if several else '?', metavar='INPUT',
                         help='scan file: .cxi/.h5 (CXI) or .npz/.npz.bz2 (data, scan, probe optional)')
     parser.add_argument('--frames', type=int, help='use only the first FRAMES frames')
-    parser.add_argument('--probe', help='initial probe: .npy, .npz, .cxi/.h5 or a PtyPy .ptyr (default: the '
-                                        "file's, else one guessed from the data)")
+    parser.add_argument('--probe', help=f"initial probe: .npy, .npz, .cxi/.h5 or a PtyPy .ptyr "
+                                        f"(default: {probe_default})")
     parser.add_argument('--force', action='store_true', help='replace existing output files')
 
 
@@ -393,7 +394,7 @@ def build_parser():
 
     reconstruct = commands.add_parser('reconstruct', help="one-pass reconstruction of a scan with a trained model, "
                                                           "or without one from its frames' single-shot estimates")
-    _add_scan_inputs(reconstruct)
+    _add_scan_inputs(reconstruct, probe_default="the file's, else the model's; without --model the file's")
     reconstruct.add_argument('--model', help='model directory written by `ptypy-npu train` or `pretrain`; without '
                                              "it, the frames' single-shot estimates are stitched (no network; the "
                                              'scan needs its probe, or --probe)')

@@ -128,22 +128,9 @@ class TrainedModel:
         return self.predictor(inputs, batch_size)
 
     def reconstruct(self, data, batch_size=64, fill=None, communicator=None):
-        """Stitched object (Ho, Wo) of a ScanData in one pass; unlit pixels keep ``fill`` (default data.obj).
-
-        ``communicator`` (:mod:`.distributed`): each rank stitches its own frames and the
-        weighted sums are added over the ranks, so every rank gets the object of all frames; the ranks'
-        patches are then not phase-aligned to each other (each rank's mosaic would hold its own phase).
-        """
+        """Stitched object (Ho, Wo) of a ScanData in one pass (:func:`one_pass`)."""
         self.check(data)
-        distributed = communicator is not None and communicator.size > 1
-        stream = StreamingReconstruction(self, np.shape(data.obj), data.probe, batch_size,
-                                         fill=data.obj if fill is None else fill, align_phases=not distributed,
-                                         propagator=data.propagator)
-        stream.feed(data.intensities, data.positions)
-        if communicator is not None:
-            stream.numerator, stream.denominator = allreduce_arrays(communicator, [stream.numerator,
-                                                                                   stream.denominator])
-        return stream.object
+        return one_pass(self, data, batch_size, fill, communicator)
 
 
 def load_model(directory, device='CPU'):
@@ -190,10 +177,10 @@ def probe_overlap(probe, reference):
 
 
 class SingleFrameEstimates:
-    """The one pass without a network: a stand-in for a :class:`TrainedModel` whose patches are the frames'
-    single-shot estimates (:func:`~ptypy_npu.guesses.patch_estimates`, the holographic networks' input),
-    for :class:`StreamingReconstruction`. Needs the scan's probe (M, H, W) complex and no training; on
-    unseen objects its stitched estimates beat the pretrained networks on four of five (README)."""
+    """The one pass without a network, the ablation of every trained model: a stand-in for a
+    :class:`TrainedModel` whose patches are the frames' single-shot estimates
+    (:func:`~ptypy_npu.guesses.patch_estimates`, the holographic networks' input). Needs the scan's probe
+    (M, H, W) complex, and no training."""
 
     def __init__(self, probe):
         self.probe = np.asarray(probe)
@@ -206,6 +193,29 @@ class SingleFrameEstimates:
     def check(self, data):
         """Nothing to check against: no training range. Returns no warnings."""
         return []
+
+    def reconstruct(self, data, batch_size=64, fill=None, communicator=None):
+        """Stitched object (Ho, Wo) of a ScanData in one pass (:func:`one_pass`)."""
+        return one_pass(self, data, batch_size, fill, communicator)
+
+
+def one_pass(model, data, batch_size=64, fill=None, communicator=None):
+    """The object (Ho, Wo) that ``model``'s patches of a ScanData's frames stitch into; unlit pixels keep
+    ``fill`` (default data.obj).
+
+    ``communicator`` (:mod:`.distributed`): each rank stitches its own frames and the
+    weighted sums are added over the ranks, so every rank gets the object of all frames; the ranks'
+    patches are then not phase-aligned to each other (each rank's mosaic would hold its own phase).
+    """
+    distributed = communicator is not None and communicator.size > 1
+    stream = StreamingReconstruction(model, np.shape(data.obj), data.probe, batch_size,
+                                     fill=data.obj if fill is None else fill, align_phases=not distributed,
+                                     propagator=data.propagator)
+    stream.feed(data.intensities, data.positions)
+    if communicator is not None:
+        stream.numerator, stream.denominator = allreduce_arrays(communicator, [stream.numerator,
+                                                                               stream.denominator])
+    return stream.object
 
 
 class StreamingReconstruction:

@@ -13,8 +13,10 @@ A step (:class:`Update`) turns a minibatch's gradients into updates:
    (Odstrcil et al., Opt. Express 26, 3108 (2018)) does: the exit-wave changes ``v_O = P dO_j`` and
    ``v_P = dP O_j`` are fitted to the residual ``r = -dL/dpsi`` the data ask for,
    ``min_a sum_j |r_j / c - a_O v_O - a_P v_P|^2`` with c the data term's curvature, plus the
-   object prior's own quadratic term. A 2 x 2 system per batch (when one group's optimizer has its own
-   step rule, the other's 1-D optimum); lengths clipped to ``[0, MAX_STEP_LENGTH]``. No learning rate to tune: the rate scales the optimal length.
+   object prior's own quadratic term. A 2 x 2 system per batch, its object-probe coupling damped
+   (:data:`COUPLING_DAMPING`) and minimised over lengths >= 0 (when one group's optimizer has its own step
+   rule, the other's 1-D optimum); lengths at most ``MAX_STEP_LENGTH``. No learning rate to tune: the rate
+   scales the optimal length.
 3. **Updates.** Every group's optimizer takes its direction times its length.
 
 How the processes' sums are formed is chosen once, by :func:`make_step`, from the communicator

@@ -196,9 +196,11 @@ def sgd_update():
 
 @pytest.mark.parametrize('terms', [
     (2.0, 0.5, 3.0, 1.5, 7.0),     # the optimum inside the quadrant
-    (2.0, 1.8, 3.0, 0.2, 4.0),     # the unconstrained object length is negative
-    (3.0, -1.0, 1.0, 2.0, -0.5),   # the unconstrained probe length is negative
-    (1.0, 0.9, 1.0, -0.1, -0.2),   # both negative: no step
+    (3.0, -1.0, 1.0, 2.0, -0.5),   # inside, with a negative coupling and v < 0
+    (2.0, 1.8, 3.0, 0.2, 4.0),     # the unconstrained object length is negative: the probe's edge
+    (3.0, 1.0, 1.0, 2.0, -0.5),    # the unconstrained probe length is negative: the object's edge
+    (1.0, -0.9, 1.0, 0.1, -1.0),   # both unconstrained lengths negative, u > 0: the object's edge
+    (1.0, 0.9, 1.0, -0.1, -0.2),   # u, v <= 0: no step
     (1.0, 0.0, 4.0, 1.0, 2.0),     # uncoupled: the two 1-D optima
     (2.0, 2.0, 2.0, 2.0, 2.0),     # singular (one frame's collinear steps): an even split
     (1e-3, 0.0, 1.0, 1.0, 0.1),    # beyond the longest step

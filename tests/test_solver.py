@@ -94,7 +94,7 @@ def darken_frame_five(data):
     return intensities
 
 
-def test_a_batch_of_one_frame_moves_object_and_probe(scan):
+def test_a_batch_of_one_frame_moves_the_object(scan):
     """Within one frame the normalised object and probe steps change the exit wave alike, so the step-length
     system of a one-frame batch is singular: undamped, its solution held the object still (measured: the flat
     start's error for 20 epochs on 64-px scans at 1e7 photons, and on this scan after 3)."""
