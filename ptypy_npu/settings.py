@@ -46,6 +46,15 @@ DEFAULT_LEARNING_RATES = {
 #: the step lengths make the rate a multiple of the optimal step, as for sgd).
 _IMAGE_ADAHESSIAN = {'lazy': True, 'curvature': 'gauss_newton', 'regularisation': 0.1, 'spatial_window': 5,
                      'betas': (0.5, 0.9), 'hessian_power': 0.5, 'step_lengths': True}
+#: Counts per detector pixel times frames per batch of the dose-adapted batch (Settings.adapted_to_dose): 16
+#: frames up to 1e6 photons per 64-px frame, 4 from 1e7 on. With the epoch momentum, 16 frames ended lower than
+#: 4 (the batch of 400 before it) on the 1e6-photon 64-px scans of the robustness family: sparse, plain, dense.
+BATCH_COUNTS = 4000.0
+
+#: The object's momentum over epochs with sgd (ObjectUpdate.momentum), measured on the robustness family
+#: (benchmarks/robustness.py, README) with the dose-adapted batches.
+DEFAULT_EPOCH_MOMENTUM = 0.8
+
 DEFAULT_OPTIONS = {'object_update': {'lion': {'lazy': True, 'betas': (0.5, 0.9)}, 'adahessian': _IMAGE_ADAHESSIAN},
                    'probe_update': {'adahessian': _IMAGE_ADAHESSIAN}}
 
@@ -145,6 +154,17 @@ class ObjectUpdate(Update):
     """The optimizer of the object; its gradient is divided by the batch illumination
     (except for second-order optimizers), so with sgd a rate of 1 is a full projection-like step."""
     optimizer: str = setting('sgd', 'str', _IMAGE_OPTIMIZER_HELP)
+    momentum: typing.Optional[float] = setting(
+        None, 'float, None', "Momentum of the object over epochs (step.EpochMomentum, as mPIE's), 0 to 0.99; 0 "
+        "turns it off; None: 0.8 with sgd (measured on the robustness family), 0 with an optimizer that keeps "
+        "moments of its own", lowlim=0.0, uplim=0.99, flag='--momentum')
+
+    @property
+    def epoch_momentum(self):
+        """The momentum the solver applies: the given one, or the optimizer's default."""
+        if self.momentum is not None:
+            return self.momentum
+        return DEFAULT_EPOCH_MOMENTUM if self.optimizer == 'sgd' else 0.0
 
 
 @dataclasses.dataclass
@@ -204,12 +224,13 @@ class Settings:
     def adapted_to_dose(self, photons_per_pixel, n_frames, processes=1):
         """These settings with the choices left to the data (None) made from the mean counts per detector
         pixel, the best on families of simulated scans (64 px, 1e4-1e7 photons per frame, two probe
-        shapes): noisy data want steps averaged over more frames and a more strongly regularised
-        normaliser, clean data many small batches:
+        shapes; the batch measured again with the object's epoch momentum on the robustness family):
+        noisy data want steps averaged over more frames and a more strongly regularised normaliser,
+        clean data many small batches:
 
         * ``illumination_regularisation = sqrt(5 / photons_per_pixel)``, within [0.1, 3], the start: the
           solver doubles it whenever the Fourier error stalls (``JointSolver._adapt_regularisation``);
-        * ``batch_size = 400 / photons_per_pixel`` rounded to a power of two, within [4, 16], a multiple
+        * ``batch_size = 4000 / photons_per_pixel`` rounded to a power of two, within [4, 16], a multiple
           of ``processes`` and at most the ``n_frames`` of the scan.
         """
         counts = max(photons_per_pixel, 1e-12)
@@ -218,7 +239,7 @@ class Settings:
             delta = float(min(max(math.sqrt(5.0 / counts), 0.1), 3.0))
         batch = self.batch_size
         if batch is None:
-            batch = int(min(max(2 ** round(math.log2(400.0 / counts)), 4), 16))
+            batch = int(min(max(2 ** round(math.log2(BATCH_COUNTS / counts)), 4), 16))
             batch = max(processes, min(batch, n_frames) // processes * processes)
         return make({'illumination_regularisation': delta, 'batch_size': batch}, self)
 

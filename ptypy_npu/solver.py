@@ -21,11 +21,11 @@ from . import physics
 from .device import COMPUTE_TYPES, select_device
 from .batches import Shards
 from .distributed import SingleProcess, allreduce_tensors
-from .gauge import fixed_gauge
+from .gauge import fixed_gauge, probe_offset
 from .networks import NetworkExport, PatchPredictor, inputs_for, set_compute_precision
 from .objective import JointObjective, PhysicsObjective, parameter_pair
-from .scan import patch_indices
-from .step import HessianRefresh, make_step, regularisation_parameter
+from .scan import illumination, patch_indices
+from .step import EpochMomentum, HessianRefresh, make_step, regularisation_parameter
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,11 @@ class JointSolver:
             self.phases.append(Phase(settings.network.start, joint_step, refresh))
         self.amplitudes = inputs_for(self.network, self.data.intensities, self.input_scale, probe, self.data.propagator)
         self.objective = physics_step.objective  # object and probe live here
-        self.parts = nn.CellList([phase.step for phase in self.phases])  # names every parameter and state
+        self.momentum = EpochMomentum(self.object_shape[0] * self.object_shape[1],
+                                      settings.object_update.epoch_momentum)
+        self.momentum.begin(self.objective.object_re, self.objective.object_im)  # the first push follows epoch 2
+        # names every parameter and state
+        self.parts = nn.CellList([phase.step for phase in self.phases] + [self.momentum])
         self._compiled = set()
         self.lowest_fourier = math.inf
         self.lowest_fourier_since_regularised = math.inf
@@ -170,10 +174,12 @@ class JointSolver:
                 losses = self._epoch()
                 diverged, fourier = self._diverged(losses)
                 if not diverged:
+                    self._accelerate()
                     self.lowest_fourier = min(self.lowest_fourier, fourier)
                     self._adapt_regularisation(fourier)
                     break
                 self.restore(good)
+                self.momentum.stop()
                 if attempt == self.settings.max_divergences:
                     raise FloatingPointError(
                         f"the loss diverged in epoch {self.epoch} {attempt + 1} times in a row, halving the "
@@ -184,6 +190,7 @@ class JointSolver:
                 warnings.warn(f"epoch {self.epoch} diverged (loss {losses[-1]:.4g}, Fourier error {fourier:.4g}): "
                               "rolled back to the epoch's start and halved every learning rate", RuntimeWarning)
             self._fix_gauge()
+            self.momentum.begin(self.objective.object_re, self.objective.object_im)
             self._average_network_statistics()
             self.epoch += 1
             self.history.append({'epoch': self.epoch, 'time': time.perf_counter(), 'loss': float(np.sum(losses)),
@@ -209,6 +216,19 @@ class JointSolver:
         self.lowest_fourier_since_regularised, self.epochs_without_low = fourier, 0
         logger.info(f"epoch {self.epoch}: the Fourier error set no new low for {REGULARISATION_PATIENCE} epochs "
                     f"({fourier:.4g}); illumination_regularisation raised to {delta:.3g}")
+
+    def _accelerate(self):
+        """The object's momentum after an epoch (:class:`~ptypy_npu.step.EpochMomentum`), from the second on;
+        stopped once the normaliser's delta, left to the data, has reached :data:`MAX_REGULARISATION`: the
+        Fourier error then stalls on noise, and momentum would carry the noise-fitting steps further."""
+        if self.momentum.eta == 0 or self.epoch == 0:
+            return
+        if self.adapts_regularisation and float(self.regularisation.asnumpy()) >= MAX_REGULARISATION:
+            self.momentum.stop()
+            return
+        lit = illumination(self.probe, self.data.positions, self.object_shape).ravel()
+        self.momentum.push(self.objective.object_re, self.objective.object_im,
+                           self.communicator.allreduce(lit.astype(np.float32)))
 
     def _epoch(self):
         """One pass over the frames in a new random order; returns the losses of its steps."""
@@ -265,6 +285,8 @@ class JointSolver:
     def _fix_gauge(self):
         """Hold the probe's power and centre (:func:`~ptypy_npu.gauge.fixed_gauge`), which the data cannot fix."""
         o = self.objective
+        if any(probe_offset(self.probe, self.settings.probe_update.centre_tolerance)):
+            self.momentum.stop()  # the object moves under its velocity
         probe, obj = fixed_gauge(o.probe_re.asnumpy() + 1j * o.probe_im.asnumpy(),
                                  o.object_re.asnumpy() + 1j * o.object_im.asnumpy(), self.object_shape,
                                  self.probe_power, self.settings.probe_update.centre_tolerance)

@@ -381,3 +381,53 @@ class HessianRefresh:
             products = allreduce_tensors(self.communicator, self.gauss_newton_product(*inputs))
             optimizer.refresh_hessian([diagonal_estimate(products[k], probes[k], optimizer.spatial_window,
                                                          self.image_shapes[k]) for k in slot])
+
+
+#: Where the scan lights the object below this fraction of its brightest, the epoch momentum fades
+#: (weight ``w / (w + MOMENTUM_FADE max w)``), as PtychoShelves' LSQML weighs its momentum.
+MOMENTUM_FADE = 0.1
+
+
+class EpochMomentum(nn.Cell):
+    """Momentum of the object over epochs, as mPIE (Maiden, Johnson and Li, Optica 4, 736 (2017)) and
+    PtychoShelves' LSQML add it to their step rules: the minibatch steps converge fast on what one batch
+    determines and slowly on what only the whole scan does (the low spatial frequencies of a sparse or
+    large scan); the epochs' changes add up along those slow directions.
+
+    After each epoch, with ``c`` its change of the object and ``eta`` the momentum,
+    ``velocity = c + eta * velocity`` and ``object += eta * weight * velocity``, the weight
+    ``w / (w + MOMENTUM_FADE max w)`` of the scan's illumination ``w`` (sum of |P|^2 per object pixel,
+    (Ho * Wo,)). The object at the epoch's start and the velocity, float32 (Ho * Wo,) real and imaginary
+    parts, are Parameters: rollbacks and checkpoints hold them.
+    """
+
+    def __init__(self, size, eta):
+        super().__init__()
+        if not 0.0 <= eta < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {eta!r}")
+        self.eta = eta
+        zeros = np.zeros(size, np.float32)
+        self.start_re, self.start_im, self.velocity_re, self.velocity_im = (
+            ms.Parameter(Tensor(zeros), name=f"momentum_{name}", requires_grad=False)
+            for name in ('start_re', 'start_im', 'velocity_re', 'velocity_im'))
+
+    def begin(self, object_re, object_im):
+        """Remember the object (flat float32 Parameters) at an epoch's start."""
+        ops.assign(self.start_re, object_re)
+        ops.assign(self.start_im, object_im)
+
+    def push(self, object_re, object_im, illumination):
+        """Move the object on by its momentum after an epoch (class docstring); ``illumination`` (Ho * Wo,)."""
+        weight = illumination / (illumination + MOMENTUM_FADE * illumination.max() + 1e-30)
+        for part, start, velocity in ((object_re, self.start_re, self.velocity_re),
+                                      (object_im, self.start_im, self.velocity_im)):
+            now = part.asnumpy().copy()
+            speed = now - start.asnumpy() + self.eta * velocity.asnumpy()
+            ops.assign(velocity, Tensor(speed.astype(np.float32)))
+            ops.assign(part, Tensor((now + self.eta * weight * speed).astype(np.float32)))
+
+    def stop(self):
+        """Forget the velocity (the gauge moved the object under it, an epoch was rolled back, or the data are
+        fitted down to their noise)."""
+        for velocity in (self.velocity_re, self.velocity_im):
+            ops.assign(velocity, ops.zeros_like(velocity))

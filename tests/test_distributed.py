@@ -119,7 +119,8 @@ def test_ranks_stitching_their_frames_with_a_model_get_the_object_of_all_frames(
     what is stitched (each rank would turn its own mosaic): one process stitching so gives the same."""
     from ptypy_npu.models import StreamingReconstruction, load_model, save_model
     data, _ = simulate_scan(**SCAN)
-    solver = make_solver(data, {**SMALL_NETWORK, 'network.start': 0})
+    # batches of 4, not the dose's 16 (about 16 network steps, not 4): its patches must differ from the flat object
+    solver = make_solver(data, {**SMALL_NETWORK, 'network.start': 0, 'batch_size': 4})
     solver.run(2)
     save_model(str(tmp_path / 'model'), solver.export_network())
     launch(tmp_path, WORKER.with_name('distributed_infer_worker.py'),

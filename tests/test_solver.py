@@ -138,6 +138,7 @@ def test_bad_scan_data_is_refused_naming_the_array(scan, change, message):
     ({'object_update.optimizer': 'adahessian', 'optimal_steps': False},
      "optimal_steps False leaves object_update.optimizer 'adahessian' without the step lengths"),
     ({'numiter': 0}, "numiter must be an integer >= 1, got 0"),
+    ({'object_update.momentum': 1.0}, r"object_update.momentum must be a finite number >= 0 and <= 0.99 or None"),
 ])
 def test_bad_settings_are_refused_naming_the_setting(scan, overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -275,7 +276,7 @@ def test_float16_network_trains_as_float32_does(scan):
 
 def test_float16_steps_that_overflow_are_skipped_and_halve_the_loss_scale(scan):
     data, _ = scan
-    solver = make_solver(data, {**SMALL_NETWORK, 'network.start': 0, 'precision': 'float16'})
+    solver = make_solver(data, {**SMALL_NETWORK, 'network.start': 0, 'precision': 'float16', 'batch_size': 4})
     ops.assign(solver.loss_scaler.scale_value, Tensor(2.0 ** 120, ms.float32))  # float16 overflows at 2**16
     before = solver.state()
     solver.run(1)  # 16 steps of 4 frames, every one overflowing
@@ -307,3 +308,83 @@ def test_a_handed_over_object_takes_its_typical_transmission_only_where_the_scan
     np.testing.assert_allclose(made[weak], typical, rtol=1e-6)
     np.testing.assert_array_equal(made[~weak], obj[~weak])
     np.testing.assert_array_equal(illumination(probe, positions, (10, 10)), lit)
+
+
+def test_epoch_momentum_moves_the_object_by_its_decaying_velocity_weighted_by_the_illumination():
+    """Three epochs' changes c of a four-pixel object, written out: velocity v = c + eta v, each epoch's push
+    eta * w / (w + 0.1 max w) * v, with max w = 10 here; stopped, the velocity starts again from 0."""
+    from ptypy_npu.step import EpochMomentum
+    eta, lit = 0.8, np.array([10.0, 5.0, 1.0, 0.0])
+    weight = lit / (lit + 1.0)
+    momentum = EpochMomentum(4, eta)
+    parts = [ms.Parameter(Tensor(np.ones(4, np.float32)), name='re'),
+             ms.Parameter(Tensor(np.zeros(4, np.float32)), name='im')]
+    rng = np.random.default_rng(0)
+    expected, velocity = np.ones(4, complex), np.zeros(4, complex)
+    for stop in (False, False, True):
+        if stop:
+            momentum.stop()
+            velocity = 0.0
+        momentum.begin(*parts)
+        change = rng.normal(size=4) + 1j * rng.normal(size=4)  # what the epoch's steps did
+        for part, value in zip(parts, ((expected + change).real, (expected + change).imag)):
+            ops.assign(part, Tensor(value.astype(np.float32)))
+        momentum.push(*parts, lit)
+        velocity = change + eta * velocity
+        expected = expected + change + eta * weight * velocity
+        np.testing.assert_allclose(parts[0].asnumpy() + 1j * parts[1].asnumpy(), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r'momentum must be in \[0, 1\)'):
+        EpochMomentum(4, 1.0)
+
+
+def test_the_solver_pushes_the_object_by_its_last_epochs_change_where_the_scan_lights_it(scan):
+    """After the second epoch (the first has no change before it to build on) the object moves on by
+    0.8 of that epoch's change, weighted by the scan's illumination summed in numpy."""
+    data, _ = scan
+    solver = make_solver(data, PHYSICS_ONLY)
+    assert solver.momentum.eta == 0.8
+    solver.run(1)
+    momentum, seen = solver.momentum, {}
+    push = momentum.push
+
+    def recorded(object_re, object_im, lit):
+        seen.update(start=momentum.start_re.asnumpy() + 1j * momentum.start_im.asnumpy(), before=solver.object.ravel(),
+                    probe=solver.probe, lit=lit)
+        push(object_re, object_im, lit)
+        seen['after'] = solver.object.ravel()
+
+    momentum.push = recorded
+    solver.run(1)
+    w = illumination(seen['probe'], data.positions, data.obj.shape).ravel()
+    np.testing.assert_allclose(seen['lit'], w, rtol=1e-5)
+    moved = seen['before'] + 0.8 * w / (w + 0.1 * w.max()) * (seen['before'] - seen['start'])
+    np.testing.assert_allclose(seen['after'], moved, rtol=1e-5, atol=1e-6)
+    assert np.abs(seen['after'] - seen['before']).max() > 1e-3
+
+
+def test_the_epoch_momentum_stops_once_the_normalisers_delta_has_reached_its_cap(scan):
+    """At the cap the data are fitted down to their noise: the velocity is dropped and the object stays."""
+    solver = make_solver(scan[0], PHYSICS_ONLY)
+    solver.run(2)
+    assert np.abs(solver.momentum.velocity_re.asnumpy()).max() > 0
+    ops.assign(solver.regularisation, Tensor(np.float32(MAX_REGULARISATION)))
+    before = solver.object
+    solver._accelerate()
+    np.testing.assert_array_equal(solver.object, before)
+    assert not solver.momentum.velocity_re.asnumpy().any() and not solver.momentum.velocity_im.asnumpy().any()
+
+
+@pytest.mark.parametrize('overrides,momentum', [
+    ({}, 0.8), ({'object_update.optimizer': 'adam'}, 0.0), ({'object_update.momentum': 0.5}, 0.5),
+    ({'object_update.optimizer': 'adam', 'object_update.momentum': 0.3}, 0.3)])
+def test_the_objects_epoch_momentum_defaults_to_sgds_and_is_off_for_optimizers_with_moments(overrides, momentum):
+    assert settings.make(overrides).object_update.epoch_momentum == momentum
+
+
+@pytest.mark.parametrize('photons_per_frame,frames,batch', [(1e4, 100, 16), (1e6, 100, 16), (1e6, 10, 10),
+                                                            (1e7, 100, 4), (1e9, 100, 4)])
+def test_the_batch_follows_the_counts_per_pixel(photons_per_frame, frames, batch):
+    """4000 / counts per pixel, rounded to a power of two within [4, 16], at most the scan's frames (64-px
+    frames: 1e6 photons are 244 per pixel, 16.4 frames; 1e7 photons 1.6, so 2, so 4)."""
+    chosen = settings.make({}).adapted_to_dose(photons_per_frame / 64 ** 2, frames)
+    assert chosen.batch_size == batch
