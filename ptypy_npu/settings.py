@@ -50,6 +50,12 @@ _IMAGE_ADAHESSIAN = {'lazy': True, 'curvature': 'gauss_newton', 'regularisation'
 #: frames up to 1e6 photons per 64-px frame, 4 from 1e7 on. With the epoch momentum, 16 frames ended lower than
 #: 4 (the batch of 400 before it) on the 1e6-photon 64-px scans of the robustness family: sparse, plain, dense.
 BATCH_COUNTS = 4000.0
+#: At most this many detector pixels per dose-adapted batch: 16 frames of 64 px, 8 of 128 px, 4 (the floor) of
+#: 256 px. On eight 128-px scans (disc, lens and MoonFlowerScan probes, 1e4-1e7 photons, sparse to dense, the
+#: measured star; 50 epochs, network off) batch 8 ended at most 1.09x the best batch measured; 16 up to 1.28x
+#: (MoonFlowerScan at 1e5 and 1e6 photons, the disc at 1e6), 4 up to 1.13x (the lens at 1e7, the star).
+#: On 256-px MoonFlowerScan at 1e6 photons 4 frames ended at 0.167, 16 at 0.295 (the disc: 0.131 and 0.126).
+BATCH_PIXELS = 2 ** 17
 
 #: The object's momentum over epochs with sgd (ObjectUpdate.momentum), measured on the robustness family
 #: (benchmarks/robustness.py, README) with the dose-adapted batches.
@@ -185,7 +191,7 @@ class Settings:
     numiter: int = setting(50, 'int', 'Epochs (passes over all frames)', lowlim=1, flag='--epochs')
     batch_size: typing.Optional[int] = setting(
         None, 'int, None', 'Frames per step, over all processes (a multiple of their number; each takes '
-        'batch_size / processes); None: from the dose (Settings.adapted_to_dose)', lowlim=1)
+        'batch_size / processes); None: from the dose and the frame size (Settings.adapted_to_dose)', lowlim=1)
     loss: str = setting('gaussian', 'str', "Data term: 'gaussian' (amplitude misfit, as DM) or 'poisson' "
                                            "(negative log-likelihood, as ML)", choices=LOSSES)
     consistency: float = setting(4.0, 'float', 'Weight of the prior tying object and network patches, in object '
@@ -221,17 +227,18 @@ class Settings:
     def uses_network(self):
         return self.network.name is not None
 
-    def adapted_to_dose(self, photons_per_pixel, n_frames, processes=1):
+    def adapted_to_dose(self, photons_per_pixel, n_frames, frame_pixels, processes=1):
         """These settings with the choices left to the data (None) made from the mean counts per detector
-        pixel, the best on families of simulated scans (64 px, 1e4-1e7 photons per frame, two probe
-        shapes; the batch measured again with the object's epoch momentum on the robustness family):
-        noisy data want steps averaged over more frames and a more strongly regularised normaliser,
-        clean data many small batches:
+        pixel and the frame's size, the best on families of simulated scans (64 px, 1e4-1e7 photons per
+        frame, two probe shapes; the batch measured again with the object's epoch momentum on the robustness
+        family and on 128- and 256-px scans): noisy data want steps averaged over more frames and a more
+        strongly regularised normaliser, clean data and large frames many small batches:
 
         * ``illumination_regularisation = sqrt(5 / photons_per_pixel)``, within [0.1, 3], the start: the
           solver doubles it whenever the Fourier error stalls (``JointSolver._adapt_regularisation``);
-        * ``batch_size = 4000 / photons_per_pixel`` rounded to a power of two, within [4, 16], a multiple
-          of ``processes`` and at most the ``n_frames`` of the scan.
+        * ``batch_size = 4000 / photons_per_pixel`` rounded to a power of two, within [4, 16], at most
+          ``BATCH_PIXELS / frame_pixels`` (a power of two: 16 frames of 64 x 64 px, 8 of 128 x 128), a
+          multiple of ``processes`` and at most the ``n_frames`` of the scan.
         """
         counts = max(photons_per_pixel, 1e-12)
         delta = self.illumination_regularisation
@@ -239,7 +246,8 @@ class Settings:
             delta = float(min(max(math.sqrt(5.0 / counts), 0.1), 3.0))
         batch = self.batch_size
         if batch is None:
-            batch = int(min(max(2 ** round(math.log2(BATCH_COUNTS / counts)), 4), 16))
+            largest = min(max(2 ** math.floor(math.log2(BATCH_PIXELS / frame_pixels)), 4), 16)
+            batch = int(min(max(2 ** round(math.log2(BATCH_COUNTS / counts)), 4), largest))
             batch = max(processes, min(batch, n_frames) // processes * processes)
         return make({'illumination_regularisation': delta, 'batch_size': batch}, self)
 

@@ -86,7 +86,7 @@ class JointSolver:
                                                                np.sum(self.data.mask)], np.float32))
         self.adapts_regularisation = settings.illumination_regularisation is None
         self.settings = settings = settings.validate(self.shards.total, len(self.shards.sizes)).adapted_to_dose(
-            counts / pixels, self.shards.total, len(self.shards.sizes))
+            counts / pixels, self.shards.total, h * w, len(self.shards.sizes))
         logger.info(f"{counts / pixels:.3g} photons per detector pixel: batch_size {settings.batch_size}, "
                     f"illumination_regularisation {settings.illumination_regularisation:.3g}")
         select_device(settings.device)

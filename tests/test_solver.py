@@ -381,10 +381,13 @@ def test_the_objects_epoch_momentum_defaults_to_sgds_and_is_off_for_optimizers_w
     assert settings.make(overrides).object_update.epoch_momentum == momentum
 
 
-@pytest.mark.parametrize('photons_per_frame,frames,batch', [(1e4, 100, 16), (1e6, 100, 16), (1e6, 10, 10),
-                                                            (1e7, 100, 4), (1e9, 100, 4)])
-def test_the_batch_follows_the_counts_per_pixel(photons_per_frame, frames, batch):
-    """4000 / counts per pixel, rounded to a power of two within [4, 16], at most the scan's frames (64-px
-    frames: 1e6 photons are 244 per pixel, 16.4 frames; 1e7 photons 1.6, so 2, so 4)."""
-    chosen = settings.make({}).adapted_to_dose(photons_per_frame / 64 ** 2, frames)
+@pytest.mark.parametrize('photons_per_frame,frames,size,batch', [
+    (1e4, 100, 64, 16), (1e6, 100, 64, 16), (1e6, 10, 64, 10), (1e7, 100, 64, 4), (1e9, 100, 64, 4),
+    (1e6, 100, 128, 8), (1e7, 100, 128, 8), (1e8, 100, 128, 4), (1e4, 100, 256, 4), (1e4, 100, 96, 8)])
+def test_the_batch_follows_the_counts_per_pixel_and_the_frame_size(photons_per_frame, frames, size, batch):
+    """4000 / counts per pixel, rounded to a power of two within [4, 16], at most 2^17 detector pixels (the power
+    of two below) and the scan's frames. 64 px: 1e6 photons are 244 per pixel, 16.4 frames; 1e7 photons 2440, 1.6,
+    so 4. 128 px: 1e6 photons 61 per pixel, 65 frames, at most 8; 1e7 610, 6.6, so 8; 1e8 6100, 0.66, so 4.
+    256 px: at most 2 frames, so 4. 96 px: at most 14.2 frames, so 8."""
+    chosen = settings.make({}).adapted_to_dose(photons_per_frame / size ** 2, frames, size ** 2)
     assert chosen.batch_size == batch
