@@ -40,6 +40,11 @@ DIVERGENCE_FACTOR = 10.0
 #: (when left to the data) doubles, up to :data:`MAX_REGULARISATION`.
 REGULARISATION_PATIENCE = 3
 MAX_REGULARISATION = 3.0
+#: Once delta has reached :data:`MAX_REGULARISATION`, each further such stall halves the object's and the
+#: probe's learning rates, down to this fraction of their start: six times the epochs then end at or below the
+#: default count's error on the low-dose scans of the robustness family (1e4: 0.1343 against 0.1352, where the
+#: rates left as they were drifted 0.1356 -> 0.1383).
+MIN_RATE_FRACTION = 1 / 8
 
 #: What the first epoch of each step announces: it compiles the step's graphs first.
 COMPILING = {False: "compiling the object and probe step (a few seconds)",
@@ -202,20 +207,38 @@ class JointSolver:
     def _adapt_regularisation(self, fourier):
         """Double the normaliser's delta (when left to the data) once the mean Fourier error has set no new
         low for :data:`REGULARISATION_PATIENCE` epochs: the steps then stir noise, or overshoot where a
-        batch lights the object weakly (noisy scans of sparse overlap), more than they fit the data."""
+        batch lights the object weakly (noisy scans of sparse overlap), more than they fit the data. Once
+        delta is at its cap, such a stall halves the object's and probe's rates instead (:meth:`_cut_rates`)."""
         if fourier < 0.999 * self.lowest_fourier_since_regularised:
             self.lowest_fourier_since_regularised, self.epochs_without_low = fourier, 0
             return
         self.epochs_without_low += 1
-        delta = float(self.regularisation.asnumpy())
-        if not (self.adapts_regularisation and self.epochs_without_low >= REGULARISATION_PATIENCE
-                and delta < MAX_REGULARISATION):
+        if not (self.adapts_regularisation and self.epochs_without_low >= REGULARISATION_PATIENCE):
             return
-        delta = min(2 * delta, MAX_REGULARISATION)
-        ops.assign(self.regularisation, Tensor(np.float32(delta)))
+        delta = float(self.regularisation.asnumpy())
+        if delta < MAX_REGULARISATION:
+            delta = min(2 * delta, MAX_REGULARISATION)
+            ops.assign(self.regularisation, Tensor(np.float32(delta)))
+            logger.info(f"epoch {self.epoch}: the Fourier error set no new low for {REGULARISATION_PATIENCE} "
+                        f"epochs ({fourier:.4g}); illumination_regularisation raised to {delta:.3g}")
+        elif not self._cut_rates():
+            return
         self.lowest_fourier_since_regularised, self.epochs_without_low = fourier, 0
-        logger.info(f"epoch {self.epoch}: the Fourier error set no new low for {REGULARISATION_PATIENCE} epochs "
-                    f"({fourier:.4g}); illumination_regularisation raised to {delta:.3g}")
+
+    def _cut_rates(self):
+        """Halve the object's and the probe's learning rates, each down to :data:`MIN_RATE_FRACTION` of its
+        start (the data are fitted down to their noise: smaller steps stir less of it); False if both are there."""
+        cut = []
+        for optimizer, group in zip(self.optimizers[:2], ('object_update', 'probe_update')):
+            floor = MIN_RATE_FRACTION * getattr(self.settings, group).rate(group)
+            rate = float(optimizer.learning_rate.asnumpy())
+            if rate > 1.001 * floor:
+                ops.assign(optimizer.learning_rate, Tensor(np.float32(max(rate / 2, floor))))
+                cut.append(f"{group} learning rate {max(rate / 2, floor):.3g}")
+        if cut:
+            logger.info(f"epoch {self.epoch}: the Fourier error stalls at the largest illumination_regularisation; "
+                        + ', '.join(cut))
+        return bool(cut)
 
     def _accelerate(self):
         """The object's momentum after an epoch (:class:`~ptypy_npu.step.EpochMomentum`), from the second on;

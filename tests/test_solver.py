@@ -181,6 +181,26 @@ def test_the_normalisers_delta_doubles_when_the_fourier_error_stalls(scan):
     assert float(given.regularisation.asnumpy()) == pytest.approx(0.2)  # the user's delta is kept
 
 
+def test_stalls_at_the_largest_delta_halve_the_object_and_probe_rates_down_to_an_eighth(scan):
+    data, _ = scan
+    solver = make_solver(data, PHYSICS_ONLY)
+    ops.assign(solver.regularisation, Tensor(np.float32(MAX_REGULARISATION)))
+    starts = [float(o.learning_rate.asnumpy()) for o in solver.optimizers]
+    rates = []
+    for fourier in [1.0, 1.0, 1.0, 1.0, 0.5] + [0.6] * 12:
+        solver._adapt_regularisation(fourier)
+        rates.append([float(o.learning_rate.asnumpy()) / start for o, start in zip(solver.optimizers, starts)])
+    # a stall of three epochs after the low at 1.0 halves both; the new low 0.5 restarts the count; two more
+    # stalls reach 1/8, and the stalls after that leave the rates there
+    expected = [1, 1, 1, 0.5, 0.5] + [0.5, 0.5, 0.25, 0.25, 0.25, 0.125] + [0.125] * 6
+    np.testing.assert_allclose(np.array(rates), np.repeat(np.array(expected)[:, None], 2, 1), rtol=1e-6)
+    assert float(solver.regularisation.asnumpy()) == pytest.approx(MAX_REGULARISATION)
+    given = make_solver(data, {**PHYSICS_ONLY, 'illumination_regularisation': MAX_REGULARISATION})
+    for fourier in [1.0] * 10:
+        given._adapt_regularisation(fourier)
+    assert [float(o.learning_rate.asnumpy()) for o in given.optimizers] == pytest.approx(starts)  # the user's delta
+
+
 def test_the_compiled_step_reads_the_normalisers_delta_as_it_changes(scan):
     """The object's change of one sgd step (unit length) is -g / (c (w + delta max w)): two deltas on the
     same batch give changes in the ratio that the batch's illumination w, summed in numpy, predicts."""
