@@ -201,7 +201,8 @@ class Settings:
                                          lowlim=0.0)
     illumination_regularisation: typing.Optional[float] = setting(
         None, 'float, None', 'Delta in the object/probe step normaliser 1 / (w + delta max w); None: from the '
-        'dose (Settings.adapted_to_dose), doubled (up to 3) whenever the Fourier error sets no new low for 3 epochs',
+        'dose (Settings.adapted_to_dose), doubled (up to 3) whenever the Fourier error sets no new low for 3 epochs; '
+        'at 3, such a stall halves the object and probe learning rates instead (down to 1/8)',
         lowlim=0.0)
     optimal_steps: bool = setting(True, 'bool', 'Scale the sgd and adahessian object and probe steps by the '
                                                 'lengths that minimise the batch\'s data term along them (LSQML); '
