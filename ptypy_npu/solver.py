@@ -233,8 +233,9 @@ class JointSolver:
             floor = MIN_RATE_FRACTION * getattr(self.settings, group).rate(group)
             rate = float(optimizer.learning_rate.asnumpy())
             if rate > 1.001 * floor:
-                ops.assign(optimizer.learning_rate, Tensor(np.float32(max(rate / 2, floor))))
-                cut.append(f"{group} learning rate {max(rate / 2, floor):.3g}")
+                rate = max(rate / 2, floor)
+                ops.assign(optimizer.learning_rate, Tensor(np.float32(rate)))
+                cut.append(f"{group} learning rate {rate:.3g}")
         if cut:
             logger.info(f"epoch {self.epoch}: the Fourier error stalls at the largest illumination_regularisation; "
                         + ', '.join(cut))
