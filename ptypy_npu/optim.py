@@ -5,11 +5,13 @@ Each optimizer is a ``mindspore.nn.Optimizer`` built by a factory
 ``ptypy_npu_optimizers`` hook, so engines pick any of them by name. The object and
 probe are real/imag pairs of float tensors: every optimizer acts on the real and
 imaginary parts as separate parameters (Lion's ``sign`` and AdaHessian's Rademacher
-probes included).
+probes included), except AdaHessian's image variant, whose curvature and second moment
+are one per complex pixel.
 
 First-order optimizers take the gradients, ``optimizer(gradients)``; optimizers with
-``needs_hessian = True`` (AdaHessian) also keep a curvature-diagonal estimate in their state,
-which the solver refreshes every ``hessian_interval`` steps through
+``needs_hessian = True`` (AdaHessian, unless its curvature is the closed-form
+``'illumination'``) also keep a curvature-diagonal estimate in their state, which the
+solver refreshes every ``hessian_interval`` steps through
 :meth:`AdaHessian.refresh_hessian`. Optimizers with ``preconditions = True`` (AdaHessian's lazy
 image variant, object and probe only) are driven in two calls: ``precondition(gradients, ...)``
 makes the directions, and ``optimizer(directions)`` moves along them.
@@ -139,8 +141,12 @@ class AdamW(nn.Optimizer):
         self.half_power = float(hessian_power) / 2
         prefix = type(self).__name__.lower()
         self.moments = self.parameters.clone(prefix=f'{prefix}_m', init='zeros')
-        self.curvature_moments = self.parameters.clone(prefix=f'{prefix}_s', init='zeros')
+        self.curvature_moments = self.second_moment_slots().clone(prefix=f'{prefix}_s', init='zeros')
         self.step = Parameter(Tensor(0, ms.int32), name=f'{prefix}_step')
+
+    def second_moment_slots(self):
+        """The parameters whose shapes the second moments take: one moment per parameter."""
+        return self.parameters
 
     def curvatures(self, gradients):
         """The c whose squares the second moment averages: the gradients themselves."""
@@ -164,66 +170,94 @@ class AdamW(nn.Optimizer):
         return True
 
 
-#: Curvatures an :class:`AdaHessian` estimates the diagonal of: the loss's Hessian (double backpropagation)
-#: or the data term's generalised Gauss-Newton matrix (object and probe only; positive by construction).
-CURVATURES = ('hessian', 'gauss_newton')
+#: Curvatures whose diagonal an :class:`AdaHessian` takes: the loss's Hessian (a Hutchinson estimate by double
+#: backpropagation), the data term's generalised Gauss-Newton matrix (a Hutchinson estimate; object and probe
+#: only; positive by construction), or that Gauss-Newton diagonal in closed form, the illumination (object and
+#: probe only; exact for one probe mode, no estimate).
+CURVATURES = ('hessian', 'gauss_newton', 'illumination')
 
 
 class AdaHessian(AdamW):
     """AdaHessian (Yao et al. 2021, "ADAHESSIAN: An Adaptive Second Order Optimizer").
 
-    :class:`AdamW`'s update with the curvature c = D, a Hutchinson estimate of a curvature matrix's
-    diagonal (the solver's :class:`~ptypy_npu.step.HessianRefresh` makes it: ``D = |v * Cv|``, v
-    Rademacher +-1, averaged over the kernel window of convolution weights, the paper's spatial
-    averaging, or over ``spatial_window`` px of an image), and Hessian power k in (0, 1].
-    :meth:`refresh_hessian` stores a new D; between refreshes (the solver's ``hessian_interval``)
-    the last D is reused. Two variants:
+    :class:`AdamW`'s update with the curvature c = D, the diagonal of a curvature matrix, and Hessian
+    power k in (0, 1]. Two variants:
 
-    * the paper's, for the network: ``curvature='hessian'`` (Cv by double backpropagation), moments
-      and bias correction shared by all elements;
-    * for images (the object and the probe: the solver's defaults there), ``curvature='gauss_newton'``
-      (the data term's Gauss-Newton product, positive; its diagonal is the illumination-weighted
-      curvature ePIE divides by), ``spatial_window`` px and ``lazy=True``: a pixel's moments and its
-      own bias corrections (``beta^n``, n its own step count) advance only when a batch lights it
-      (non-zero gradient), as LazyAdam's do, so pixels lit rarely are neither overshot by dense moments
-      nor corrected as if often seen. A refresh keeps the older estimate where its batch lit nothing;
-      a pixel no refresh has measured yet takes the expected curvature the solver's step hands
-      :meth:`precondition` (the Gauss-Newton diagonal's mean, from the batch's illumination), so no
-      refresh interval leaves a newly lit pixel without curvature. ``regularisation`` adds that
-      multiple of the largest D to every D, as the illumination normaliser's delta does. The solver's
-      step drives this variant in two calls, :meth:`precondition` (moments and directions) and then
-      the optimizer on those directions; with ``step_lengths=True`` (ignored by the paper's variant)
-      it scales them first by LSQML's optimal step lengths along them (:mod:`ptypy_npu.step`), so the
+    * the paper's, for the network: ``curvature='hessian'``, D a Hutchinson estimate ``|v * Hv|`` (v
+      Rademacher +-1, Hv by double backpropagation) averaged over the kernel window of convolution
+      weights (the paper's spatial averaging); moments and bias correction shared by all elements.
+      The solver's :class:`~ptypy_npu.step.HessianRefresh` makes a new D every ``hessian_interval``
+      steps and hands it to :meth:`refresh_hessian`; between refreshes the last D is reused.
+    * for complex images, the object and the probe as (real, imaginary) pairs of parameters
+      (``lazy=True``; the solver's defaults there): D is the data term's Gauss-Newton diagonal, one
+      per complex pixel, as Adam keeps one second moment per complex element (the Gauss-Newton
+      curvature of a complex pixel is isotropic: for one probe mode the real and imaginary parts'
+      diagonals sum to the loss curvature times the illumination and split about evenly). With
+      ``curvature='illumination'`` D is that diagonal in closed form, half the loss curvature times the
+      batch's illumination (object) or patch power (probe), which the solver's step hands
+      :meth:`precondition`: exact for one probe mode, an upper bound for several, never refreshed. With
+      ``curvature='gauss_newton'`` D is a Hutchinson estimate of it (the mean of the pair's, averaged
+      over ``spatial_window`` px, refreshed every ``hessian_interval`` steps) where a refresh measured
+      it, the closed form elsewhere, so no refresh interval leaves a newly lit pixel without curvature.
+      A pixel's moments and its own bias corrections (``beta^n``, n its own step count) advance only
+      when a batch lights it (non-zero gradient), as LazyAdam's do, so pixels lit rarely are neither
+      overshot by dense moments nor corrected as if often seen. ``regularisation`` adds that multiple
+      of the largest D to every D, as the illumination normaliser's delta does. The solver's step
+      drives this variant in two calls, :meth:`precondition` (moments and directions) and then the
+      optimizer on those directions; with ``step_lengths=True`` (ignored by the paper's variant) it
+      scales them first by LSQML's optimal step lengths along them (:mod:`ptypy_npu.step`), so the
       learning rate is a multiple of the optimal step. Without step lengths and with a Hessian power
       below 1 the step's size grows with the dose: the rate must then be set for the scan.
     """
-    needs_hessian = True
 
     def __init__(self, params, learning_rate=0.1, betas=(0.9, 0.999), eps=1e-4, weight_decay=0.0,
                  hessian_power=1.0, lazy=False, curvature='hessian', regularisation=0.0, spatial_window=0,
                  step_lengths=False):
+        if not isinstance(lazy, bool):
+            raise ValueError(f"lazy must be True or False, got {lazy!r}")
+        self.lazy = lazy  # before the base's init, whose second moments it shapes (second_moment_slots)
         super().__init__(params, learning_rate, betas, eps, weight_decay, hessian_power)
         if curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {', '.join(CURVATURES)}, got {curvature!r}")
-        if not isinstance(lazy, bool):
-            raise ValueError(f"lazy must be True or False, got {lazy!r}")
+        if curvature == 'illumination' and not lazy:
+            raise ValueError("curvature 'illumination' is the image variant's (lazy=True, object and probe): the "
+                             "paper's AdaHessian takes 'hessian'")
         if not regularisation >= 0:
             raise ValueError(f"regularisation must be >= 0, got {regularisation!r}")
         if isinstance(spatial_window, bool) or not isinstance(spatial_window, int) or spatial_window < 0:
             raise ValueError(f"spatial_window must be a whole number of pixels >= 0, got {spatial_window!r}")
-        self.lazy, self.curvature, self.regularisation = lazy, curvature, float(regularisation)
         if not isinstance(step_lengths, bool):
             raise ValueError(f"step_lengths must be True or False, got {step_lengths!r}")
+        self.curvature, self.regularisation = curvature, float(regularisation)
+        self.needs_hessian = curvature != 'illumination'  # whether the solver refreshes an estimate of D
         self.spatial_window = spatial_window
         self.takes_step_lengths = step_lengths and lazy  # the paper's variant keeps its own steps
-        self.hessian_diagonal = self.parameters.clone(prefix='adahessian_d', init='zeros')
         self.preconditions = lazy  # the solver's step calls precondition(), then the optimizer on its directions
+        pixels = self.second_moment_slots()
+        if self.needs_hessian:
+            self.hessian_diagonal = pixels.clone(prefix='adahessian_d', init='zeros')
         if lazy:
-            self.moment_decays = self.parameters.clone(prefix='adahessian_b1n', init='ones')
-            self.curvature_decays = self.parameters.clone(prefix='adahessian_b2n', init='ones')
+            self.moment_decays = pixels.clone(prefix='adahessian_b1n', init='ones')
+            self.curvature_decays = pixels.clone(prefix='adahessian_b2n', init='ones')
+
+    def second_moment_slots(self):
+        """One second moment per parameter; the lazy variant's, one per complex pixel of its (real, imaginary)
+        pairs of equal shape."""
+        if not self.lazy:
+            return self.parameters
+        shapes = [p.shape for p in self.parameters]
+        if len(shapes) % 2 or shapes[0::2] != shapes[1::2]:
+            listed = ', '.join(map(str, shapes[:4])) + (', ...' if len(shapes) > 4 else '')
+            raise ValueError(f"lazy=True is AdaHessian's image variant, for complex images as (real, imaginary) "
+                             f"pairs of equal shape (object, probe; the network takes the paper's, lazy=False), "
+                             f"got {len(shapes)} parameters of shapes {listed}")
+        return ms.ParameterTuple(self.parameters[0::2])
 
     def refresh_hessian(self, diagonals):
-        """Store the new estimates D (one tensor per parameter); lazy, only where they are measured (> 0)."""
+        """Store the new estimates D (one tensor per parameter). The lazy variant stores the mean of each
+        (real, imaginary) pair's, only where they are measured (> 0)."""
+        if self.lazy:
+            diagonals = [(re + im) / 2 for re, im in zip(diagonals[0::2], diagonals[1::2])]
         for stored, diagonal in zip(self.hessian_diagonal, diagonals):
             if self.lazy:
                 diagonal = ops.select(diagonal > 0, diagonal, stored)
@@ -242,26 +276,35 @@ class AdaHessian(AdamW):
         return ops.pow(corrected, self.half_power)
 
     def precondition(self, gradients, expected_curvatures):
-        """The lazy variant's directions ``m^ / (s^^(k/2) + eps) + wd p``, zero where a pixel does not move
-        (zero gradient), one per parameter, its moments and bias corrections advanced (class docstring).
-        ``expected_curvatures`` (one per parameter, broadcastable) stand in where no refresh has measured D."""
+        """The lazy variant's directions ``m^ / (s^^(k/2) + eps) + wd p``, zero where a complex pixel does not
+        move (zero gradient in both parts), one per parameter, its moments and bias corrections advanced (class
+        docstring). ``expected_curvatures`` (one per (real, imaginary) pair, broadcastable): the Gauss-Newton
+        diagonal in closed form, D itself with ``curvature='illumination'``, else D where no refresh measured
+        it."""
         directions = []
-        for param, moment, curvature_moment, decays, curvature_decays, stored, grad, expected in zip(
-                self.parameters, self.moments, self.curvature_moments, self.moment_decays, self.curvature_decays,
-                self.hessian_diagonal, gradients, expected_curvatures):
-            lit = ops.cast(grad != 0, grad.dtype)
-            diagonal = ops.select(stored > 0, stored, ops.broadcast_to(expected, stored.shape))
+        for k in range(len(self.curvature_moments)):
+            curvature_moment, decays, curvature_decays = self.curvature_moments[k], self.moment_decays[k], \
+                self.curvature_decays[k]
+            params, moments, grads = self.parameters[2 * k:2 * k + 2], self.moments[2 * k:2 * k + 2], \
+                gradients[2 * k:2 * k + 2]
+            lit = ops.cast(ops.logical_or(grads[0] != 0, grads[1] != 0), grads[0].dtype)
+            lit1, lit2 = lit * (1 - self.beta1), lit * (1 - self.beta2)
+            diagonal = ops.broadcast_to(expected_curvatures[k], curvature_moment.shape)
+            if self.needs_hessian:
+                stored = self.hessian_diagonal[k]
+                diagonal = ops.select(stored > 0, stored, diagonal)
             curvature = diagonal + self.regularisation * diagonal.max()
-            new_moment = moment + lit * (1 - self.beta1) * (grad - moment)
-            new_curvature_moment = curvature_moment + lit * (1 - self.beta2) * (curvature * curvature - curvature_moment)
-            new_decays = decays - lit * (1 - self.beta1) * decays  # beta1^n, n the pixel's own step count
-            new_curvature_decays = curvature_decays - lit * (1 - self.beta2) * curvature_decays
+            new_curvature_moment = curvature_moment + lit2 * (curvature * curvature - curvature_moment)
+            new_decays = decays - lit1 * decays  # beta1^n, n the pixel's own step count
+            new_curvature_decays = curvature_decays - lit2 * curvature_decays
             # 1 - beta^n >= 1 - beta once a pixel moved; the floor keeps never-lit pixels (m = s = 0) at 0, not 0/0
-            corrected = new_curvature_moment / ops.maximum(1 - new_curvature_decays, 1 - self.beta2)
-            root = self.root(corrected)
-            step = new_moment / ops.maximum(1 - new_decays, 1 - self.beta1) / (root + self.eps)
-            directions.append(lit * (step + self.decay * param))
-            ops.assign(moment, new_moment)
+            root = self.root(new_curvature_moment / ops.maximum(1 - new_curvature_decays, 1 - self.beta2))
+            scale = lit / (ops.maximum(1 - new_decays, 1 - self.beta1) * (root + self.eps))
+            for param, moment, grad in zip(params, moments, grads):
+                new_moment = moment + lit1 * (grad - moment)
+                direction = new_moment * scale
+                directions.append(direction + lit * self.decay * param if self.decay else direction)
+                ops.assign(moment, new_moment)
             ops.assign(curvature_moment, new_curvature_moment)
             ops.assign(decays, new_decays)
             ops.assign(curvature_decays, new_curvature_decays)

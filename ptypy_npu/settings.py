@@ -39,12 +39,13 @@ DEFAULT_LEARNING_RATES = {
 #: the measured best on MoonFlowerScan (benchmarks/optimizers.py); a group's own options override them.
 #: Lion on the object: a batch lights few pixels, so Lion leaves the others (zero gradient) alone,
 #: and a shorter moment memory suits pixels whose moment is updated only when lit. AdaHessian on object
-#: and probe: the Gauss-Newton curvature averaged over 5 px, its expectation (half the loss curvature times
-#: the batch's illumination) where no refresh has measured it, lazy per-pixel moments with short memories
-#: (betas 0.5, 0.9: a pixel's curvature follows the batch that lights it), 0.1 of the largest curvature
-#: added, Hessian power 1/2, and LSQML's step lengths along its directions (ptypy_npu.optim.AdaHessian;
-#: the step lengths make the rate a multiple of the optimal step, as for sgd).
-_IMAGE_ADAHESSIAN = {'lazy': True, 'curvature': 'gauss_newton', 'regularisation': 0.1, 'spatial_window': 5,
+#: and probe: the Gauss-Newton curvature in closed form (half the loss curvature times the batch's
+#: illumination, one per complex pixel; exact for one probe mode: a Hutchinson estimate, 'gauss_newton',
+#: only adds its noise and its refreshes' cost), lazy per-pixel moments with short memories (betas 0.5, 0.9:
+#: a pixel's curvature follows the batch that lights it), 0.1 of the largest curvature added, Hessian power
+#: 1/2, and LSQML's step lengths along its directions (ptypy_npu.optim.AdaHessian; the step lengths make the
+#: rate a multiple of the optimal step, as for sgd). 'spatial_window' averages the 'gauss_newton' estimate.
+_IMAGE_ADAHESSIAN = {'lazy': True, 'curvature': 'illumination', 'regularisation': 0.1, 'spatial_window': 5,
                      'betas': (0.5, 0.9), 'hessian_power': 0.5, 'step_lengths': True}
 #: Counts per detector pixel times frames per batch of the dose-adapted batch (Settings.adapted_to_dose): 16
 #: frames up to 1e6 photons per 64-px frame, 4 from 1e7 on. With the epoch momentum, 16 frames ended lower than
@@ -57,8 +58,10 @@ BATCH_COUNTS = 4000.0
 #: On 256-px MoonFlowerScan at 1e6 photons 4 frames ended at 0.167, 16 at 0.295 (the disc: 0.131 and 0.126).
 BATCH_PIXELS = 2 ** 17
 
-#: The object's momentum over epochs with sgd (ObjectUpdate.momentum), measured on the robustness family
-#: (benchmarks/robustness.py, README) with the dose-adapted batches.
+#: The object's momentum over epochs with sgd and AdaHessian's image variant (ObjectUpdate.momentum),
+#: measured on the robustness family (benchmarks/robustness.py, README) with the dose-adapted batches, and
+#: with AdaHessian on the optimizer benchmark's six scans (benchmarks/optimizers.py: lower on all six).
+#: Adam and Lion keep long moments of their own.
 DEFAULT_EPOCH_MOMENTUM = 0.8
 
 DEFAULT_OPTIONS = {'object_update': {'lion': {'lazy': True, 'betas': (0.5, 0.9)}, 'adahessian': _IMAGE_ADAHESSIAN},
@@ -162,15 +165,16 @@ class ObjectUpdate(Update):
     optimizer: str = setting('sgd', 'str', _IMAGE_OPTIMIZER_HELP)
     momentum: typing.Optional[float] = setting(
         None, 'float, None', "Momentum of the object over epochs (step.EpochMomentum, as mPIE's), 0 to 0.99; 0 "
-        "turns it off; None: 0.8 with sgd (measured on the robustness family), 0 with an optimizer that keeps "
-        "moments of its own", lowlim=0.0, uplim=0.99, flag='--momentum')
+        "turns it off; None: 0.8 with sgd and adahessian (measured on the robustness family and the optimizer "
+        "benchmark), 0 with an optimizer that keeps long moments of its own (adam, adamw, lion)", lowlim=0.0,
+        uplim=0.99, flag='--momentum')
 
     @property
     def epoch_momentum(self):
         """The momentum the solver applies: the given one, or the optimizer's default."""
         if self.momentum is not None:
             return self.momentum
-        return DEFAULT_EPOCH_MOMENTUM if self.optimizer == 'sgd' else 0.0
+        return DEFAULT_EPOCH_MOMENTUM if self.optimizer in ('sgd', 'adahessian') else 0.0
 
 
 @dataclasses.dataclass
@@ -215,7 +219,9 @@ class Settings:
                                                     metadata={'help': ObjectUpdate.__doc__})
     probe_update: ProbeUpdate = dataclasses.field(default_factory=ProbeUpdate, metadata={'help': ProbeUpdate.__doc__})
     hessian_interval: int = setting(8, 'int', 'Steps between Hessian-diagonal refreshes of second-order '
-                                              'optimizers (adahessian; the paper refreshes every step, 1)', lowlim=1)
+                                              'optimizers (adahessian on the network, or on object and probe with '
+                                              "curvature 'gauss_newton'; the paper refreshes every step, 1)",
+                                    lowlim=1)
     max_divergences: int = setting(3, 'int', 'Rollbacks of a diverging epoch (NaN/Inf; learning rates halved '
                                              'each time) before the run stops', lowlim=0)
     seed: int = setting(0, 'int', 'Seed of MindSpore and of the frame shuffling', lowlim=0)
@@ -410,7 +416,7 @@ def flatten(tree, prefix=''):
     """``{dotted key: value}`` of nested mappings (leaves that are not mappings, and ``options`` dicts)."""
     flat = {}
     for key, value in tree.items():
-        if isinstance(value, dict) and key != 'options':
+        if isinstance(value, dict) and key.rsplit('.', 1)[-1] != 'options':  # 'options' or 'group.options'
             flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value

@@ -70,13 +70,13 @@ class Update(nn.Cell):
         self.network_optimizers = nn.CellList([network_optimizer] if network_optimizer is not None else [])
         self.regularisation = regularisation
         self.curvature = curvature
-        # second-order optimizers bring their own curvature: no illumination normalisation for them
-        self.normalise_object = not getattr(self.object_optimizer, 'needs_hessian', False)
-        self.normalise_probe = not getattr(self.probe_optimizer, 'needs_hessian', False)
         # optimizers that precondition (AdaHessian's image variant) make the directions, and the step lengths
         # are those along them
         self.preconditions_object = getattr(self.object_optimizer, 'preconditions', False)
         self.preconditions_probe = getattr(self.probe_optimizer, 'preconditions', False)
+        # second-order optimizers bring their own curvature: no illumination normalisation for them
+        self.normalise_object = not (getattr(self.object_optimizer, 'needs_hessian', False) or self.preconditions_object)
+        self.normalise_probe = not (getattr(self.probe_optimizer, 'needs_hessian', False) or self.preconditions_probe)
         if getattr(network_optimizer, 'preconditions', False):
             raise ValueError("network_update.options: lazy=True is AdaHessian's image variant, for the object and "
                              "the probe; the network takes the paper's (lazy=False)")
@@ -102,15 +102,15 @@ class Update(nn.Cell):
             probe_scale = physics.inverse_illumination(patch_power, self.regularisation, self.curvature,
                                                        robust=True) * probe_on
         probe_direction = (grads[2] * probe_scale, grads[3] * probe_scale)
-        # unmeasured pixels: the Gauss-Newton diagonal's expectation per re or im part, exact in the mean for
-        # one probe mode (re + im = curvature x illumination); with several modes, it bounds the object's
-        # from above and gives each probe mode the whole patch power, until a refresh measures them
+        # the Gauss-Newton diagonal in closed form, per re or im part: exact for one probe mode (re + im =
+        # curvature x illumination); with several modes it bounds the object's from above and gives each probe
+        # mode the whole patch power (AdaHessian's 'gauss_newton' curvature measures them where it refreshed)
         if self.preconditions_object:
             expected = 0.5 * self.curvature * object_illumination
-            object_direction = self.object_optimizer.precondition(object_direction, (expected, expected))
+            object_direction = self.object_optimizer.precondition(object_direction, (expected,))
         if self.preconditions_probe:
             expected = 0.5 * self.curvature * patch_power
-            probe_direction = self.probe_optimizer.precondition(probe_direction, (expected, expected))
+            probe_direction = self.probe_optimizer.precondition(probe_direction, (expected,))
         return object_direction + probe_direction + grads[4:]
 
     def step_terms(self, directions, residual, prior, indices):

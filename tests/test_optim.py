@@ -115,43 +115,64 @@ def test_adahessian_matches_the_paper_with_kernel_averaging_and_hessian_power(pr
         np.testing.assert_allclose(ours[k], expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('hessian_power', [1.0, 0.5])
-def test_lazy_adahessian_moves_each_pixel_on_its_own_count(problem, hessian_power):
-    """The image variant: a pixel's moments and bias corrections advance only when its gradient is non-zero;
-    measured curvatures persist where a refresh saw nothing, and the expected curvature stands in where
-    none was measured yet; ``regularisation`` adds its multiple of the largest curvature; the optimizer
-    then steps along the directions ``precondition`` made (here scaled by a step length of 0.7)."""
-    start, grads = problem
-    lit = [[RNG.random(size=s) < 0.6 for s in SHAPES] for _ in grads]
-    grads = [[g * mask for g, mask in zip(step, masks)] for step, masks in zip(grads, lit)]
-    measured = [[(RNG.random(size=s) < 0.3) * RNG.uniform(0.5, 2.0, size=s) for s in SHAPES] for _ in grads]
-    expected = [[RNG.uniform(0.5, 2.0, size=s) for s in SHAPES] for _ in grads]
+@pytest.mark.parametrize('hessian_power, curvature', [(1.0, 'gauss_newton'), (0.5, 'gauss_newton'),
+                                                      (0.5, 'illumination')])
+def test_lazy_adahessian_moves_each_complex_pixel_on_its_own_count(hessian_power, curvature):
+    """The image variant on (real, imaginary) pairs: a complex pixel's moments and bias corrections advance
+    only when its gradient is non-zero in either part; the pair shares one curvature (the mean of its parts'
+    estimates), its second moment and corrections, and each part keeps its first moment; measured
+    curvatures persist where a refresh saw nothing, and the closed-form curvature stands in where none was
+    measured yet (with ``curvature='illumination'`` it is the curvature: nothing is measured);
+    ``regularisation`` adds its multiple of the largest curvature; the optimizer then steps along the
+    directions ``precondition`` made (here scaled by a step length of 0.7)."""
+    shapes = [(6, 7), (6, 7), (2, 3, 3), (2, 3, 3)]  # two complex images as (re, im) pairs
+    start = [RNG.normal(size=s) for s in shapes]
+    grads = [[RNG.normal(size=s) * (RNG.random(size=s) < 0.6) for s in shapes] for _ in range(6)]
+    seen = [[RNG.random(size=s) < 0.3 for s in shapes[0::2]] for _ in grads]
+    measured = [[mask * RNG.uniform(0.5, 2.0, size=mask.shape) * (curvature == 'gauss_newton')
+                 for mask in masks for _ in range(2)] for masks in seen]
+    expected = [[RNG.uniform(0.5, 2.0, size=s) for s in shapes[0::2]] for _ in grads]
     lr, (b1, b2), eps, delta, decay, length = 0.05, (0.5, 0.9), 1e-4, 0.1, 0.01, 0.7
     params = parameters(start)
-    optimizer = AdaHessian(params, lr, (b1, b2), eps, decay, hessian_power, lazy=True, curvature='gauss_newton',
+    optimizer = AdaHessian(params, lr, (b1, b2), eps, decay, hessian_power, lazy=True, curvature=curvature,
                            regularisation=delta, step_lengths=True)
+    assert optimizer.needs_hessian == (curvature == 'gauss_newton')  # whether the solver refreshes it
     for t, step in enumerate(grads):
-        optimizer.refresh_hessian([Tensor(d.astype(np.float32)) for d in measured[t]])
+        if optimizer.needs_hessian:
+            optimizer.refresh_hessian([Tensor(d.astype(np.float32)) for d in measured[t]])
         directions = optimizer.precondition(tuple(Tensor(g.astype(np.float32)) for g in step),
                                             tuple(Tensor(e.astype(np.float32)) for e in expected[t]))
         optimizer(tuple(d * length for d in directions))
-    for k, p in enumerate(start):
-        m, s, count, stored = (np.zeros_like(p) for _ in range(4))
+    for k in (0, 1):
+        pair = start[2 * k:2 * k + 2]
+        m, s, count, stored = [np.zeros_like(pair[0])] * 2, *(np.zeros_like(pair[0]) for _ in range(3))
         for t, step in enumerate(grads):
-            stored = np.where(measured[t][k] > 0, measured[t][k], stored)
-            moving = step[k] != 0
+            new = (measured[t][2 * k] + measured[t][2 * k + 1]) / 2
+            stored = np.where(new > 0, new, stored)
+            moving = (step[2 * k] != 0) | (step[2 * k + 1] != 0)
             count = count + moving
             diagonal = np.where(stored > 0, stored, expected[t][k])
             curvature = diagonal + delta * diagonal.max()
-            m = np.where(moving, b1 * m + (1 - b1) * step[k], m)
             s = np.where(moving, b2 * s + (1 - b2) * curvature ** 2, s)
             n = np.maximum(count, 1)
-            direction = (m / (1 - b1 ** n)) / ((s / (1 - b2 ** n)) ** (hessian_power / 2) + eps) + decay * p
-            p = np.where(moving, p - lr * length * direction, p)
-        np.testing.assert_allclose(params[k].asnumpy(), p, rtol=1e-4, atol=1e-6)
+            root = (s / (1 - b2 ** n)) ** (hessian_power / 2)
+            m = [np.where(moving, b1 * m[j] + (1 - b1) * step[2 * k + j], m[j]) for j in (0, 1)]
+            pair = [np.where(moving, p - lr * length * ((m[j] / (1 - b1 ** n)) / (root + eps) + decay * p), p)
+                    for j, p in enumerate(pair)]
+        for j in (0, 1):
+            np.testing.assert_allclose(params[2 * k + j].asnumpy(), pair[j], rtol=1e-4, atol=1e-6)
 
 
-def test_the_step_preconditions_unmeasured_pixels_with_the_expected_gauss_newton_curvature():
+def test_lazy_adahessian_takes_real_and_imaginary_pairs():
+    with pytest.raises(ValueError, match=r"lazy=True is AdaHessian's image variant, for complex images as "
+                                         r"\(real, imaginary\) pairs of equal shape"):
+        AdaHessian(parameters([np.ones((4, 5)), np.ones((4, 6))]), lazy=True, curvature='gauss_newton')
+    with pytest.raises(ValueError, match="curvature 'illumination' is the image variant's"):
+        AdaHessian(parameters([np.ones((4, 5)), np.ones((4, 5))]), curvature='illumination')
+
+
+@pytest.mark.parametrize('curvature', ['gauss_newton', 'illumination'])
+def test_the_step_preconditions_unmeasured_pixels_with_the_expected_gauss_newton_curvature(curvature):
     """Before any refresh, a lazy AdaHessian's first direction is ``g / (E + delta max E)^k`` where the
     gradient is non-zero (bias-corrected moments of one step: m^ = g, s^ = curvature^2) and 0 elsewhere,
     with E half the loss curvature times the batch's illumination (object) or patch power (each probe
@@ -162,7 +183,7 @@ def test_the_step_preconditions_unmeasured_pixels_with_the_expected_gauss_newton
                                  'gaussian')
 
     def adahessian(params, step_lengths=True):
-        return AdaHessian(params, 1.0, (0.5, 0.9), 1e-12, hessian_power=power, lazy=True, curvature='gauss_newton',
+        return AdaHessian(params, 1.0, (0.5, 0.9), 1e-12, hessian_power=power, lazy=True, curvature=curvature,
                           regularisation=delta, step_lengths=step_lengths)
     update = Update(objective, (adahessian([objective.object_re, objective.object_im]),
                                 adahessian([objective.probe_re, objective.probe_im]), None),
@@ -174,8 +195,8 @@ def test_the_step_preconditions_unmeasured_pixels_with_the_expected_gauss_newton
                                    Tensor(np.float32(1.0)))
     object_curvature = illumination + delta * illumination.max()  # E = 2 / 2 * illumination
     probe_curvature = np.broadcast_to(patch_power + delta * patch_power.max(), (modes, h, h))
-    for direction, grad, curvature in zip(directions, grads, [object_curvature] * 2 + [probe_curvature] * 2):
-        np.testing.assert_allclose(direction.asnumpy(), grad / curvature ** power, rtol=1e-5, atol=1e-7)
+    for direction, grad, diagonal in zip(directions, grads, [object_curvature] * 2 + [probe_curvature] * 2):
+        np.testing.assert_allclose(direction.asnumpy(), grad / diagonal ** power, rtol=1e-5, atol=1e-7)
     one_sided = Update(objective, (adahessian([objective.object_re, objective.object_im]),
                                    AdaHessian([objective.probe_re, objective.probe_im], 0.1), None),
                        regularisation_parameter(0.5), 2.0)

@@ -227,7 +227,9 @@ def test_compiling_takes_a_step_and_a_curvature_refresh_and_leaves_the_solver_as
     then restores every parameter, optimizer state and the random generator: the epochs after it are
     those of a solver that compiles inside run()."""
     data, _ = scan
-    overrides = {**PHYSICS_ONLY, 'object_update.optimizer': 'adahessian', 'probe_update.optimizer': 'adahessian'}
+    estimated = {'curvature': 'gauss_newton'}  # a Hutchinson estimate, refreshed (the default is closed-form)
+    overrides = {**PHYSICS_ONLY, 'object_update.optimizer': 'adahessian', 'probe_update.optimizer': 'adahessian',
+                 'object_update.options': estimated, 'probe_update.options': estimated}
     solver, fresh = make_solver(data, overrides), make_solver(data, overrides)
     solver.compile()
     vectors = [v.asnumpy() for v in solver.phases[0].hessian.gauss_newton_product.vectors]
@@ -395,10 +397,19 @@ def test_the_epoch_momentum_stops_once_the_normalisers_delta_has_reached_its_cap
 
 
 @pytest.mark.parametrize('overrides,momentum', [
-    ({}, 0.8), ({'object_update.optimizer': 'adam'}, 0.0), ({'object_update.momentum': 0.5}, 0.5),
+    ({}, 0.8), ({'object_update.optimizer': 'adahessian'}, 0.8), ({'object_update.optimizer': 'adam'}, 0.0),
+    ({'object_update.optimizer': 'lion'}, 0.0), ({'object_update.momentum': 0.5}, 0.5),
     ({'object_update.optimizer': 'adam', 'object_update.momentum': 0.3}, 0.3)])
-def test_the_objects_epoch_momentum_defaults_to_sgds_and_is_off_for_optimizers_with_moments(overrides, momentum):
+def test_the_objects_epoch_momentum_is_on_for_sgd_and_adahessian_and_off_for_long_moments(overrides, momentum):
     assert settings.make(overrides).object_update.epoch_momentum == momentum
+
+
+@pytest.mark.parametrize('overrides', [{'object_update.options': {'curvature': 'gauss_newton'}},
+                                       {'object_update': {'options': {'curvature': 'gauss_newton'}}}])
+def test_a_groups_options_are_one_setting_dotted_or_nested(overrides):
+    chosen = settings.make(overrides)
+    assert chosen.object_update.options == {'curvature': 'gauss_newton'}
+    assert chosen.object_update.optimizer_options('object_update')['curvature'] == 'gauss_newton'
 
 
 @pytest.mark.parametrize('photons_per_frame,frames,size,batch', [

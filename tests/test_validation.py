@@ -14,8 +14,8 @@ KEYS = [key for key, _, _ in settings.walk(settings.Settings())]
 anything = st.one_of(st.none(), st.booleans(), st.integers(-3, 40), st.floats(allow_nan=True),
                      st.text(max_size=6), st.sampled_from(['gaussian', 'poisson', 'CPU', 'GPU', 'adam', 'lion', 'sgd',
                                                            'adahessian', 'float16', 'bfloat16', 'W1Network',
-                                                           'NoSuchNet']))
-options = st.dictionaries(st.sampled_from(['betas', 'weight_decay', 'momentum', 'eps', 'nosuch']),
+                                                           'NoSuchNet', 'illumination', 'gauss_newton']))
+options = st.dictionaries(st.sampled_from(['betas', 'weight_decay', 'momentum', 'eps', 'curvature', 'lazy', 'nosuch']),
                           st.one_of(anything, st.tuples(anything, anything)), max_size=2)
 
 
