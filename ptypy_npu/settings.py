@@ -123,9 +123,10 @@ class Network:
 _RATE_HELP = "Learning rate; None takes the optimizer's measured default (README, settings.DEFAULT_LEARNING_RATES)"
 _OPTIMIZER_HELP = 'Optimizer from the loaded plugins: adam, adamw, sgd, lion, adahessian or a plugin\'s'
 _DECAY_HELP = 'Decoupled weight decay (passed to the optimizer only when > 0)'
-_IMAGE_OPTIMIZER_HELP = (_OPTIMIZER_HELP + "; sgd and adam are the fastest measured in wall time; adahessian needs "
-                         "as few epochs as sgd (8 to error 0.15 on MoonFlowerScan; Adam 15) and ends lowest at 1e5 photons, but above "
-                         "adam at 1e7-1e9 on 64-px frames and at 1e7 on 128 px (README, AdaHessian)")
+_IMAGE_OPTIMIZER_HELP = (_OPTIMIZER_HELP + "; sgd is the fastest measured in wall time; adahessian needs about as "
+                         "many epochs (9 to error 0.15 on MoonFlowerScan; sgd 8, adam 15, in about adam's time) and "
+                         "ends at or below adam on five of six simulated scans, above it on a 128-px scan at 1e7 "
+                         "photons (README, AdaHessian)")
 
 
 @dataclasses.dataclass
