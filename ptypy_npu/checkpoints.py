@@ -47,7 +47,10 @@ def resume(solver, path):
     parameters = solver.named_parameters()
     missing = [name for name in list(parameters) + ['epoch', 'steps_taken', 'rng_state'] if name not in state]
     if missing:
-        raise ValueError(f"checkpoint {path} does not match this solver: it lacks {missing[:5]}")
+        raise ValueError(f"checkpoint {path} does not match this solver: it lacks {missing[:5]}. A checkpoint holds "
+                         "each group's optimizer state: resume with the optimizers of the run that wrote it (the "
+                         "probe's default became 'adahessian' on 2026-12-01: give probe_update.optimizer 'sgd' to "
+                         "resume a checkpoint written with the earlier default)")
     wrong = [name for name, p in parameters.items() if tuple(state[name].shape) != tuple(p.shape)]
     if wrong:
         raise ValueError(f"checkpoint {path} does not match this solver: shapes of {wrong[:5]} differ")

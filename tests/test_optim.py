@@ -7,7 +7,7 @@ import pytest
 from mindspore import Parameter, Tensor, nn, ops
 from scipy.optimize import minimize
 
-from helpers import SMALL_NETWORK, make_solver
+from helpers import PHYSICS_ONLY, SMALL_NETWORK, make_solver
 
 from ptypy_npu import checkpoints, plugins, settings
 from ptypy_npu.plugins import build_solver
@@ -423,3 +423,20 @@ def test_solver_state_with_optimizer_moments_restores_exactly(tmp_path):
     np.testing.assert_allclose(resumed.probe, uninterrupted.probe, rtol=1e-6, atol=1e-9)
     with pytest.raises(RuntimeError, match='fresh solver'):
         checkpoints.resume(resumed, str(tmp_path / 'state.ckpt'))
+
+
+def test_a_checkpoint_of_other_optimizers_is_refused_naming_the_setting_to_give(tmp_path):
+    """A checkpoint written with sgd on the probe (the default before 2026-12-01) holds no AdaHessian state:
+    resuming it with the default probe optimizer is refused before any step, naming the setting that resumes
+    it; with that setting it resumes."""
+    data, _ = simulate_scan(frame_size=32, count=16, photons=1e5)
+    earlier = {**PHYSICS_ONLY, 'probe_update.optimizer': 'sgd'}
+    written = make_solver(data, earlier)
+    written.run(1)
+    checkpoints.save(written, str(tmp_path / 'state.ckpt'))
+    with pytest.raises(ValueError, match="give probe_update.optimizer 'sgd' to resume a checkpoint written with "
+                                         "the earlier default"):
+        checkpoints.resume(make_solver(data, PHYSICS_ONLY), str(tmp_path / 'state.ckpt'))
+    resumed = make_solver(data, earlier)
+    checkpoints.resume(resumed, str(tmp_path / 'state.ckpt'))
+    np.testing.assert_array_equal(resumed.probe, written.probe)

@@ -137,6 +137,8 @@ def test_bad_scan_data_is_refused_naming_the_array(scan, change, message):
     ({'network.binning': 3}, "network.binning must be 1, 2 or 4, got 3"),
     ({'object_update.optimizer': 'adahessian', 'optimal_steps': False},
      "optimal_steps False leaves object_update.optimizer 'adahessian' without the step lengths"),
+    ({'optimal_steps': False}, "optimal_steps False leaves probe_update.optimizer 'adahessian' without the step "
+                               "lengths its rate scales; keep it True, set probe_update.optimizer 'sgd'"),
     ({'numiter': 0}, "numiter must be an integer >= 1, got 0"),
     ({'object_update.momentum': 1.0}, r"object_update.momentum must be a finite number >= 0 and <= 0.99 or None"),
 ])
@@ -205,7 +207,7 @@ def test_the_compiled_step_reads_the_normalisers_delta_as_it_changes(scan):
     """The object's change of one sgd step (unit length) is -g / (c (w + delta max w)): two deltas on the
     same batch give changes in the ratio that the batch's illumination w, summed in numpy, predicts."""
     data, _ = scan
-    solver = make_solver(data, {**PHYSICS_ONLY, 'optimal_steps': False, 'batch_size': 4})
+    solver = make_solver(data, {**PHYSICS_ONLY, 'optimal_steps': False, 'batch_size': 4, 'probe_update.optimizer': 'sgd'})
     solver.compile()
     batch = solver.shards.in_order(len(data.positions), 4)[0]
     inputs, start, changes = solver._inputs(batch), solver.state(), []
